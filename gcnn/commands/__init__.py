@@ -1,0 +1,1 @@
+"""Sub-commands of the ``gcnn`` CLI, one module each (see :mod:`gcnn.cli`)."""

@@ -1,0 +1,19 @@
+"""Hand-written flip-equivariant layers (plain torch). Every layer can ``export()`` itself."""
+
+from gcnn.nn.batchnorm import FlipBatchNorm2d
+from gcnn.nn.conv import FlipConv2d
+from gcnn.nn.export import export_modules
+from gcnn.nn.fields import FIELD_TYPES, FieldType, flip_action, swap_pairs
+from gcnn.nn.pooling import InvariantLinear, PairPool
+
+__all__ = [
+    "FIELD_TYPES",
+    "FieldType",
+    "FlipBatchNorm2d",
+    "FlipConv2d",
+    "InvariantLinear",
+    "PairPool",
+    "export_modules",
+    "flip_action",
+    "swap_pairs",
+]
