@@ -204,7 +204,8 @@ def trace_window_ops(
 ) -> list[WindowOp]:
     """Run ``model`` on a meta tensor of shape ``(1, in_channels, H, W)``; list its window ops."""
     state = {name: t.to("meta") for name, t in [*model.named_parameters(), *model.named_buffers()]}
-    x = torch.empty(1, in_channels, *input_size, device="meta")
+    dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    x = torch.empty(1, in_channels, *input_size, device="meta", dtype=dtype)
     token = _TRACING.set(True)
     try:
         with _module_names(model) as stack, _WindowOpRecorder(stack) as recorder:

@@ -1,0 +1,109 @@
+"""FlipBatchNorm2d: pair-shared statistics, equivariance in both modes, memory format, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from gcnn.nn import FlipBatchNorm2d
+from gcnn.testing import assert_flip_equivariant, flip_equivariance_error
+
+shapes = st.tuples(st.integers(2, 4), st.integers(1, 4), st.integers(1, 5), st.integers(1, 6))
+dtypes = st.sampled_from([torch.float32, torch.float64])
+
+
+def randomised(bn: nn.Module) -> nn.Module:
+    """Random affine parameters and running statistics, so eval mode is not the identity."""
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean"):
+            getattr(bn, name).normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    return bn
+
+
+def reference_pair_batchnorm(bn: FlipBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """Ground truth: BatchNorm3d on the (B, C/2, 2, H, W) view, with bn's parameters."""
+    ref = nn.BatchNorm3d(bn.num_features, dtype=x.dtype)
+    ref.load_state_dict(bn.state_dict())
+    ref.train(bn.training)
+    b, c, h, w = x.shape
+    return ref(x.view(b, c // 2, 2, h, w)).view(b, c, h, w)
+
+
+@given(shapes, dtypes, st.booleans(), st.booleans())
+def test_matches_batchnorm3d_on_pair_view(shape, dtype, train: bool, channels_last: bool) -> None:
+    b, pairs, h, w = shape
+    bn = randomised(FlipBatchNorm2d(2 * pairs, dtype=dtype)).train(train)
+    x = torch.randn(b, 2 * pairs, h, w, dtype=dtype)
+    expected = reference_pair_batchnorm(bn, x)
+    xin = x.to(memory_format=torch.channels_last) if channels_last else x
+    y = bn(xin)
+    torch.testing.assert_close(y, expected)
+    if channels_last and h * w > 1 and 2 * pairs > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@given(shapes, dtypes, st.booleans())
+def test_equivariant_in_train_and_eval_mode(shape, dtype, train: bool) -> None:
+    b, pairs, h, w = shape
+    bn = randomised(FlipBatchNorm2d(2 * pairs, dtype=dtype)).train(train)
+    assert_flip_equivariant(bn, torch.randn(b, 2 * pairs, h, w, dtype=dtype), "regular", "regular")
+
+
+@given(shapes, st.booleans())
+def test_plain_batchnorm_with_per_channel_parameters_is_not_equivariant(shape, train) -> None:
+    """Negative control: a BatchNorm2d whose affine parameters differ inside a pair fails.
+
+    (Per-channel *statistics* alone commute with the pair swap, so the control needs
+    per-channel parameters.)"""
+    b, pairs, h, w = shape
+    x = torch.randn(b, 2 * pairs, h, w, dtype=torch.float64)
+    plain = randomised(nn.BatchNorm2d(2 * pairs, dtype=torch.float64)).train(train)
+    assert flip_equivariance_error(plain, x, "regular", "regular") > 1e-3
+
+
+@given(shapes, dtypes)
+def test_export_identical_in_eval_mode(shape, dtype) -> None:
+    b, pairs, h, w = shape
+    bn = randomised(FlipBatchNorm2d(2 * pairs, dtype=dtype)).eval()
+    x = torch.randn(b, 2 * pairs, h, w, dtype=dtype)
+    plain = bn.export()
+    assert type(plain) is nn.BatchNorm2d and not plain.training
+    torch.testing.assert_close(plain(x), bn(x))
+
+
+@given(shapes)
+def test_export_identical_in_train_mode_on_flip_closed_batches(shape) -> None:
+    b, pairs, h, w = shape
+    bn = randomised(FlipBatchNorm2d(2 * pairs, dtype=torch.float64)).train()
+    x = torch.randn(b, 2 * pairs, h, w, dtype=torch.float64)
+    from gcnn.nn import flip_action
+
+    closed = torch.cat([x, flip_action(x, "regular")])
+    plain = bn.export()
+    assert plain.training
+    var_before = bn.running_var.repeat_interleave(2).clone()
+    torch.testing.assert_close(plain(closed), bn(closed))
+    torch.testing.assert_close(plain.running_mean, bn.running_mean.repeat_interleave(2))
+    # Running variances differ only by Bessel's correction: n = B·H·W samples per channel
+    # for the plain BatchNorm, 2n per pair for the flip one.
+    n, m = closed.shape[0] * h * w, bn.momentum
+    biased_plain = (plain.running_var - (1 - m) * var_before) / m * (n - 1) / n
+    biased_flip = (bn.running_var.repeat_interleave(2) - (1 - m) * var_before) / m
+    torch.testing.assert_close(biased_plain, biased_flip * (2 * n - 1) / (2 * n))
+
+
+def test_parameters_are_shared_in_pairs() -> None:
+    bn = FlipBatchNorm2d(8)
+    assert bn.weight.shape == bn.running_mean.shape == (4,)
+    assert bn.export().weight.shape == (8,)
+
+
+def test_odd_channels_are_rejected() -> None:
+    with pytest.raises(ValueError, match="even number of channels"):
+        FlipBatchNorm2d(3)
+    with pytest.raises(ValueError, match="expected 4 channels"):
+        FlipBatchNorm2d(4)(torch.randn(2, 6, 3, 3))
