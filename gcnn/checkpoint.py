@@ -38,6 +38,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
+            if "Unsupported global" not in str(err):
+                raise CheckpointError(
+                    f"{path} is not a torch checkpoint: unreadable pickle"
+                ) from err
             raise CheckpointError(
                 f"{path} needs to run pickled code to load, which gcnn refuses "
                 "(torch.load(weights_only=True)); re-save it as a plain state dict "
