@@ -59,6 +59,7 @@ def load_imagefolder(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"ImageFolder root {root} does not exist")
+    train_dir, test_dir = _split_dir(root, ("train",)), _split_dir(root, ("val", "test"))
     resize = resize or round(image_size * 256 / 224)
     crop: list[transforms.Transform | object]
     if random_resized_crop:
@@ -71,8 +72,8 @@ def load_imagefolder(
     test_tf = transforms.Compose(
         [transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.PILToTensor()]
     )
-    train = datasets.ImageFolder(str(_split_dir(root, ("train",))), transform=train_tf)
-    test = datasets.ImageFolder(str(_split_dir(root, ("val", "test"))), transform=test_tf)
+    train = datasets.ImageFolder(str(train_dir), transform=train_tf)
+    test = datasets.ImageFolder(str(test_dir), transform=test_tf)
     if train.classes != test.classes:
         raise ValueError(f"{root}: train and val/test class folders differ")
     return ImageFolderData(

@@ -62,3 +62,19 @@ def all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def ranks_agree(module: torch.nn.Module, ctx: DistContext) -> bool:
+    """Whether every rank holds exactly rank 0's state dict (parameters and buffers).
+
+    Each rank compares its flattened float64 state with rank 0's broadcast copy; the verdict is
+    the minimum over ranks. Always ``True`` when not distributed.
+    """
+    if not ctx.distributed:
+        return True
+    flat = torch.cat([v.detach().double().flatten() for v in module.state_dict().values()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    same = torch.tensor([float(torch.equal(flat, reference))], dtype=torch.float64, device=flat.device)
+    dist.all_reduce(same, op=dist.ReduceOp.MIN)
+    return bool(same.item() == 1.0)

@@ -35,7 +35,7 @@ from gcnn.data.imagefolder import ImageFolderData
 from gcnn.data.loaders import DeviceLoader, StreamLoader
 from gcnn.models import create_model
 from gcnn.train.config import TrainConfig
-from gcnn.train.distributed import DistContext, all_reduce_sum, barrier
+from gcnn.train.distributed import DistContext, all_reduce_sum, barrier, ranks_agree
 from gcnn.train.evaluate import evaluate
 from gcnn.train.regimes import PenultimateFeatures, check_regime, invariance_loss
 from gcnn.train.schedule import lr_factor
@@ -278,6 +278,7 @@ def train_seed(
         features.remove()
 
     final = history[-1]
+    identical = ranks_agree(model, ctx)
     sidecar = {
         "arch": cfg.arch,
         "arch_kwargs": kwargs,
@@ -299,6 +300,7 @@ def train_seed(
         "torch_version": torch.__version__,
         "device": _device_name(device),
         "world_size": ctx.world_size,
+        "ranks_identical": identical,
         "config": cfg.to_dict(),
     }
     if ctx.is_main:
