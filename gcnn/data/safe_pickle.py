@@ -2,7 +2,7 @@
 
 A pickle can name any importable callable; :class:`NumpyOnlyUnpickler` refuses every global
 except the few numpy uses to rebuild arrays (``ndarray``, ``dtype``, ``_reconstruct``,
-``_frombuffer``), so a hostile file raises :class:`pickle.UnpicklingError` instead of executing.
+``_frombuffer``, and ``_codecs.encode`` for protocol-2 bytes), so a hostile file raises :class:`pickle.UnpicklingError` instead of executing.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _ALLOWED: frozenset[tuple[str, str]] = frozenset(
         ("numpy._core.multiarray", "scalar"),
         ("numpy.core.numeric", "_frombuffer"),
         ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
     }
 )
 
