@@ -78,3 +78,17 @@ def ranks_agree(module: torch.nn.Module, ctx: DistContext) -> bool:
     same = torch.tensor([float(torch.equal(flat, reference))], dtype=torch.float64, device=flat.device)
     dist.all_reduce(same, op=dist.ReduceOp.MIN)
     return bool(same.item() == 1.0)
+
+
+def average_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Replace every floating buffer (BatchNorm running statistics) by its mean over ranks.
+
+    DDP keeps parameters in sync, but each rank's last forward updates its running statistics
+    with its own shard; averaging makes evaluation and the saved checkpoint rank-independent.
+    """
+    if not ctx.distributed:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer.div_(ctx.world_size)

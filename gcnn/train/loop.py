@@ -35,7 +35,7 @@ from gcnn.data.imagefolder import ImageFolderData
 from gcnn.data.loaders import DeviceLoader, StreamLoader
 from gcnn.models import create_model
 from gcnn.train.config import TrainConfig
-from gcnn.train.distributed import DistContext, all_reduce_sum, barrier, ranks_agree
+from gcnn.train.distributed import DistContext, all_reduce_sum, average_buffers, barrier, ranks_agree
 from gcnn.train.evaluate import evaluate
 from gcnn.train.regimes import PenultimateFeatures, check_regime, invariance_loss
 from gcnn.train.schedule import lr_factor
@@ -263,6 +263,7 @@ def train_seed(
             "train_time_s": train_time,
         }  # fmt: skip
         last = step == total_steps
+        average_buffers(model, ctx)
         if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
             result = evaluate(model, data, ctx, amp=cfg.amp, memory_format=memory_format)
             row.update({f"test_{k}": v for k, v in result.items()})
