@@ -81,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--overwrite", action="store_true", help="retrain finished runs")
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs; 0 = end only")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="also save the resumable state every N steps (default: each epoch)")  # fmt: skip
+                   help="also save the resumable state every N steps (default: per epoch)")  # fmt: skip
     g.add_argument("--no-progress", dest="progress", action="store_false")
     g.add_argument("--debug-kill-after-step", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -125,8 +125,15 @@ def run(args: argparse.Namespace) -> int:
     ctx = init_distributed(cfg.device)
     results = [
         train_seed(
-            cfg, data, seed, args.out, ctx, resume=args.resume, overwrite=args.overwrite,
-            progress=args.progress, debug_kill_after_step=args.debug_kill_after_step,
+            cfg,
+            data,
+            seed,
+            args.out,
+            ctx,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=args.progress,
+            debug_kill_after_step=args.debug_kill_after_step,
         )  # fmt: skip
         for seed in seeds
     ]

@@ -59,7 +59,7 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 
 def find_fashion_mnist(root: str | Path | None) -> Path | None:
-    """The first folder holding all four IDX files: ``root/FashionMNIST/raw``, ``root``, Debian's."""
+    """First folder with all four IDX files: ``root/FashionMNIST/raw``, ``root``, Debian's."""
     candidates = [] if root is None else [Path(root) / "FashionMNIST" / "raw", Path(root)]
     for folder in [*candidates, DEBIAN_DIR]:
         if all(_find_file(folder, stem) for stem in _FILES.values()):

@@ -29,9 +29,7 @@ def counter_generator(seed: int, stream: int, counter: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def random_crop_flip(
-    x: Tensor, shifts: Tensor, flips: Tensor, pad: int
-) -> Tensor:
+def random_crop_flip(x: Tensor, shifts: Tensor, flips: Tensor, pad: int) -> Tensor:
     """Random crops with zero padding ``pad`` and horizontal flips, for a whole batch at once.
 
     ``x``: ``(B, C, H, W)``; ``shifts``: int ``(B, 2)`` in ``[0, 2·pad]`` (row, column offset
@@ -76,7 +74,9 @@ class DeviceLoader:
         self.n = len(self.x)
         self.batch_size = min(batch_size, self.n)
         if self.batch_size < world_size:
-            raise ValueError(f"batch of {self.batch_size} images cannot be split over {world_size} ranks")
+            raise ValueError(
+                f"batch of {self.batch_size} images cannot be split over {world_size} ranks"
+            )
         self.device, self.seed = device, seed
         self.crop_pad, self.flip = crop_pad, flip
         self.rank, self.world_size = rank, world_size
@@ -94,12 +94,19 @@ class DeviceLoader:
             step = epoch * self.steps_per_epoch + i
             g = counter_generator(self.seed, _AUGMENT, step)
             shifts = torch.randint(0, 2 * self.crop_pad + 1, (bs, 2), generator=g)
-            flips = torch.rand(bs, generator=g) < 0.5 if self.flip else torch.zeros(bs, dtype=torch.bool)
+            flips = (
+                torch.rand(bs, generator=g) < 0.5
+                if self.flip
+                else torch.zeros(bs, dtype=torch.bool)
+            )
             idx = order[i * bs : (i + 1) * bs][self.rank :: self.world_size]
             shard = slice(self.rank, None, self.world_size)
             idx_d = idx.to(self.device)
             x = random_crop_flip(
-                self.x[idx_d], shifts[shard].to(self.device), flips[shard].to(self.device), self.crop_pad
+                self.x[idx_d],
+                shifts[shard].to(self.device),
+                flips[shard].to(self.device),
+                self.crop_pad,
             )
             x = to_float(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
             yield x, self.y[idx_d]

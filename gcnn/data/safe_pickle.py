@@ -2,7 +2,8 @@
 
 A pickle can name any importable callable; :class:`NumpyOnlyUnpickler` refuses every global
 except the few numpy uses to rebuild arrays (``ndarray``, ``dtype``, ``_reconstruct``,
-``_frombuffer``, and ``_codecs.encode`` for protocol-2 bytes), so a hostile file raises :class:`pickle.UnpicklingError` instead of executing.
+``_frombuffer``, and ``_codecs.encode`` for protocol-2 bytes), so a hostile file raises
+:class:`pickle.UnpicklingError` instead of executing.
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ def ranks_agree(module: torch.nn.Module, ctx: DistContext) -> bool:
     flat = torch.cat([v.detach().double().flatten() for v in module.state_dict().values()])
     reference = flat.clone()
     dist.broadcast(reference, src=0)
-    same = torch.tensor([float(torch.equal(flat, reference))], dtype=torch.float64, device=flat.device)
+    same = torch.tensor(
+        [float(torch.equal(flat, reference))], dtype=torch.float64, device=flat.device
+    )
     dist.all_reduce(same, op=dist.ReduceOp.MIN)
     return bool(same.item() == 1.0)
 

@@ -35,7 +35,13 @@ from gcnn.data.imagefolder import ImageFolderData
 from gcnn.data.loaders import DeviceLoader, StreamLoader
 from gcnn.models import create_model
 from gcnn.train.config import TrainConfig
-from gcnn.train.distributed import DistContext, all_reduce_sum, average_buffers, barrier, ranks_agree
+from gcnn.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    average_buffers,
+    barrier,
+    ranks_agree,
+)
 from gcnn.train.evaluate import evaluate
 from gcnn.train.regimes import PenultimateFeatures, check_regime, invariance_loss
 from gcnn.train.schedule import lr_factor
@@ -71,7 +77,7 @@ class RunPaths:
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """``<arch>_<regime>_<data>`` with ``+`` spelled ``-`` (e.g. ``vgg11_cnn-inv_fashion-mnist``)."""
+    """``<arch>_<regime>_<data>``, ``+`` spelled ``-`` (e.g. ``vgg11_cnn-inv_fashion-mnist``)."""
     data = "imagefolder" if cfg.data == "imagefolder" else cfg.data
     return f"{cfg.arch}_{cfg.regime.replace('+', '-')}_{data}"
 
@@ -152,7 +158,9 @@ def train_seed(
 
     device = ctx.device
     on_cuda = device.type == "cuda"
-    memory_format = torch.channels_last if cfg.channels_last and on_cuda else torch.contiguous_format
+    memory_format = (
+        torch.channels_last if cfg.channels_last and on_cuda else torch.contiguous_format
+    )
     model, kwargs = build_model(cfg, data, seed)
     model = model.to(device=device, memory_format=memory_format).train()
 
@@ -193,7 +201,9 @@ def train_seed(
         )
     if cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and on_cuda else nullcontext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and on_cuda else nullcontext()
+    )
 
     def save_state(meter: _Meter) -> None:
         if ctx.is_main:
@@ -289,7 +299,9 @@ def train_seed(
         "inv_target": cfg.inv_target,
         "seed": seed,
         "dataset": data.name,
-        "train_images": len(data.train_x) if not isinstance(data, ImageFolderData) else len(data.train),
+        "train_images": len(data.train_x)
+        if not isinstance(data, ImageFolderData)
+        else len(data.train),
         "epochs": cfg.epochs,
         "steps": total_steps,
         "test_acc": final["test_acc"],

@@ -74,5 +74,3 @@ def load_train_state(
             per_param.setdefault(int(index), {})[name] = value
     optimizer_state = {"state": per_param, "param_groups": meta["param_groups"]}
     return model_state, optimizer_state, meta["scalars"]
-
-

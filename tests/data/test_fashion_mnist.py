@@ -24,7 +24,9 @@ def test_debian_files_load_padded_to_32(fmnist) -> None:
     assert fmnist.train_x.shape == (60000, 1, 32, 32) and fmnist.test_x.shape == (10000, 1, 32, 32)
     assert fmnist.train_x.dtype == torch.uint8
     assert torch.equal(torch.bincount(fmnist.train_y), torch.full((10,), 6000))
-    border = torch.cat([fmnist.train_x[..., :2, :].flatten(), fmnist.train_x[..., :, -2:].flatten()])
+    border = torch.cat(
+        [fmnist.train_x[..., :2, :].flatten(), fmnist.train_x[..., :, -2:].flatten()]
+    )
     assert int(border.max()) == 0  # the 2-pixel zero frame
 
 

@@ -25,7 +25,9 @@ def test_batched_crop_flip_equals_per_image_reference(b: int, pad: int, seed: in
     x = torch.randint(0, 256, (b, 3, 6, 7), generator=g, dtype=torch.uint8)
     shifts = torch.randint(0, 2 * pad + 1, (b, 2), generator=g)
     flips = torch.rand(b, generator=g) < 0.5
-    assert torch.equal(random_crop_flip(x, shifts, flips, pad), reference_crop_flip(x, shifts, flips, pad))
+    assert torch.equal(
+        random_crop_flip(x, shifts, flips, pad), reference_crop_flip(x, shifts, flips, pad)
+    )
 
 
 def test_centred_crop_without_flip_is_identity() -> None:
@@ -36,7 +38,9 @@ def test_centred_crop_without_flip_is_identity() -> None:
     assert torch.equal(flipped, x.flip(-1)) and not torch.equal(flipped, x)
 
 
-def _batches(loader: DeviceLoader, epoch: int, start: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    loader: DeviceLoader, epoch: int, start: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(loader.epoch(epoch, start))
 
 
@@ -63,7 +67,9 @@ def test_ranks_shard_the_global_batch() -> None:
     ranks = [_batches(DeviceLoader(data, 10, cpu, seed=0, rank=r, world_size=2), 0) for r in (0, 1)]
     for step, (x, y) in enumerate(whole):
         assert torch.equal(ranks[0][step][0], x[0::2]) and torch.equal(ranks[1][step][0], x[1::2])
-        assert torch.equal(torch.cat([ranks[0][step][1], ranks[1][step][1]]).sort().values, y.sort().values)
+        assert torch.equal(
+            torch.cat([ranks[0][step][1], ranks[1][step][1]]).sort().values, y.sort().values
+        )
 
 
 def test_flip_augmentation_flips_about_half_and_can_be_switched_off() -> None:
@@ -76,7 +82,11 @@ def test_flip_augmentation_flips_about_half_and_can_be_switched_off() -> None:
         for epoch in range(5):
             x, y = next(loader.epoch(epoch))
             for img in x:
-                match = [i for i in range(20) if torch.equal(img, norm[i]) or torch.equal(img, norm[i].flip(-1))]
+                match = [
+                    i
+                    for i in range(20)
+                    if torch.equal(img, norm[i]) or torch.equal(img, norm[i].flip(-1))
+                ]
                 assert match
                 flipped += int(not torch.equal(img, norm[match[0]]))
                 total += 1

@@ -24,7 +24,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_gloo_ranks_train_identical_weights(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+def test_torchrun_two_gloo_ranks_train_identical_weights(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
@@ -39,8 +41,8 @@ def test_torchrun_two_gloo_ranks_train_identical_weights(tmp_path: Path, subproc
     sidecar = json.loads(next(tmp_path.glob("*/seed0/model.json")).read_text())
     assert sidecar["world_size"] == 2 and sidecar["ranks_identical"] is True
     assert proc.stdout.count("vgg11_flip") == 1  # only rank 0 prints the summary
-    model = gcnn.create_model("vgg11_flip", weights=next(tmp_path.glob("*/seed0/model.safetensors")),
-                              **sidecar["arch_kwargs"])  # fmt: skip
+    weights = next(tmp_path.glob("*/seed0/model.safetensors"))
+    model = gcnn.create_model("vgg11_flip", weights=weights, **sidecar["arch_kwargs"])
     assert model.features[0].weight.shape[1] == 1
 
 

@@ -52,7 +52,8 @@ def test_killed_run_resumes_to_the_same_weights_bit_for_bit(
     # a real process, SIGKILLed by itself after step 7 (its last saved state is step 6)
     killed = tmp_path / "killed"
     proc = subprocess.run(
-        [sys.executable, "-m", "gcnn.cli", *ARGS, "--out", str(killed), "--debug-kill-after-step", "7"],
+        [sys.executable, "-m", "gcnn.cli", *ARGS, "--out", str(killed),
+         "--debug-kill-after-step", "7"],
         cwd=ROOT, env=subprocess_env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip

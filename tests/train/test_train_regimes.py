@@ -10,8 +10,8 @@ import torch
 
 import gcnn
 from gcnn.checkpoint import read_state_dict
-from gcnn.train import DistContext, TrainConfig, evaluate, train_seed
 from gcnn.testing import flip_equivariance_error
+from gcnn.train import DistContext, TrainConfig, evaluate, train_seed
 
 CASES = {
     "cnn": dict(arch="vgg11", regime="cnn"),
@@ -43,7 +43,11 @@ def runs(fmnist_small, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
 def test_run_writes_loadable_checkpoint_sidecar_and_log(runs, fmnist_small, name: str) -> None:
     sidecar, out = runs[name]
     folder = next(out.glob("*/seed0"))
-    assert sorted(p.name for p in folder.iterdir()) == ["log.jsonl", "model.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "log.jsonl",
+        "model.json",
+        "model.safetensors",
+    ]
     on_disk = json.loads((folder / "model.json").read_text())
     assert on_disk == json.loads(json.dumps(sidecar))
     for key in ("arch", "arch_kwargs", "regime", "inv_lambda", "seed", "dataset", "epochs",
@@ -54,7 +58,9 @@ def test_run_writes_loadable_checkpoint_sidecar_and_log(runs, fmnist_small, name
     log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["step"] == 4 and log[0]["train_loss"] > 0
     # the builders' weights= loads the checkpoint and reproduces the recorded accuracy
-    model = gcnn.create_model(on_disk["arch"], weights=folder / "model.safetensors", **on_disk["arch_kwargs"])
+    model = gcnn.create_model(
+        on_disk["arch"], weights=folder / "model.safetensors", **on_disk["arch_kwargs"]
+    )
     result = evaluate(model, fmnist_small, DistContext())
     assert result["acc"] == pytest.approx(on_disk["test_acc"], abs=1e-9)
     assert result["acc_tta"] == pytest.approx(on_disk["test_acc_tta"], abs=1e-9)
