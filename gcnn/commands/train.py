@@ -80,8 +80,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="continue unfinished runs, skip done")
     g.add_argument("--overwrite", action="store_true", help="retrain finished runs")
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs; 0 = end only")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="also save the resumable state every N steps (default: per epoch)")  # fmt: skip
+    g.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every,
+        help="also save the resumable state every N steps (default: per epoch)",
+    )  # fmt: skip
     g.add_argument("--no-progress", dest="progress", action="store_false")
     g.add_argument("--debug-kill-after-step", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
