@@ -38,3 +38,20 @@ def test_imagefolder_without_val_split_says_what_layout_it_needs(tmp_path: Path)
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="root/train/<class>"):
         load_dataset("imagefolder", tmp_path)
+
+
+def test_training_on_an_imagefolder_tree(tmp_path: Path) -> None:
+    from gcnn.train import DistContext, TrainConfig, train_seed
+
+    root = make_tree(tmp_path / "tree")
+    data = load_dataset("imagefolder", root, image_size=32, resize=36)
+    cfg = TrainConfig(arch="vgg11_flip", regime="gcnn", data="imagefolder", data_root=str(root),
+                      arch_kwargs={"width": 0.125}, epochs=1, batch_size=10, workers=0)  # fmt: skip
+    sidecar = train_seed(cfg, data, 0, tmp_path / "out", DistContext(), progress=False)
+    assert (
+        sidecar["train_images"] == 20 and sidecar["arch_kwargs"]["num_classes"] == data.num_classes
+    )
+    assert sidecar["test_acc"] == sidecar["test_acc_tta"]  # a GCNN: flip TTA changes nothing
+    assert (
+        tmp_path / "out" / "vgg11_flip_gcnn_imagefolder" / "seed0" / "model.safetensors"
+    ).is_file()
