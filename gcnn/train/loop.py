@@ -107,6 +107,55 @@ def build_model(cfg: TrainConfig, data: Dataset, seed: int) -> tuple[nn.Module, 
     return model, kwargs
 
 
+def make_loader(
+    cfg: TrainConfig,
+    data: Dataset,
+    seed: int,
+    ctx: DistContext,
+    memory_format: torch.memory_format,
+) -> DeviceLoader | StreamLoader:
+    """Device-resident batches for tensor datasets, a worker ``DataLoader`` for ImageFolder."""
+    if isinstance(data, ImageFolderData):
+        return StreamLoader(
+            data, cfg.batch_size, ctx.device, seed, workers=cfg.workers, rank=ctx.rank,
+            world_size=ctx.world_size, memory_format=memory_format,
+        )  # fmt: skip
+    return DeviceLoader(
+        data, cfg.batch_size, ctx.device, seed, crop_pad=cfg.crop_pad, flip=cfg.flip_augment,
+        rank=ctx.rank, world_size=ctx.world_size, memory_format=memory_format,
+    )  # fmt: skip
+
+
+def regime_loss(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    use_inv: bool,
+    features: PenultimateFeatures | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, cross-entropy, invariance loss, logits (B, K))`` of one batch ``x (B, C, H, W)``.
+
+    With ``use_inv``, ``x`` and ``flip x`` go through the net as one batch of ``2B`` and
+    ``loss = CE(f(x), y) + λ · mean_b ‖g(x_b) − g(flip x_b)‖²`` with ``g`` the logits or the
+    penultimate ``features``; otherwise ``loss = CE(f(x), y)``.
+    """
+    if use_inv:
+        logits, logits_flipped = net(torch.cat([x, x.flip(-1)])).chunk(2)
+        if features is not None:
+            assert features.value is not None
+            a, b = features.value.chunk(2)
+        else:
+            a, b = logits, logits_flipped
+        inv = invariance_loss(a, b)
+    else:
+        logits = net(x)
+        inv = torch.zeros((), device=x.device)
+    ce = nn.functional.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    loss = ce + cfg.inv_lambda * inv if use_inv else ce
+    return loss, ce, inv, logits
+
+
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in _RESUMABLE_CHANGES}
 
@@ -164,16 +213,7 @@ def train_seed(
     model, kwargs = build_model(cfg, data, seed)
     model = model.to(device=device, memory_format=memory_format).train()
 
-    if isinstance(data, ImageFolderData):
-        loader: DeviceLoader | StreamLoader = StreamLoader(
-            data, cfg.batch_size, device, seed, workers=cfg.workers, rank=ctx.rank,
-            world_size=ctx.world_size, memory_format=memory_format,
-        )  # fmt: skip
-    else:
-        loader = DeviceLoader(
-            data, cfg.batch_size, device, seed, crop_pad=cfg.crop_pad, flip=cfg.flip_augment,
-            rank=ctx.rank, world_size=ctx.world_size, memory_format=memory_format,
-        )  # fmt: skip
+    loader = make_loader(cfg, data, seed, ctx, memory_format)
     steps_per_epoch = loader.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup * total_steps)
@@ -228,22 +268,7 @@ def train_seed(
                 group["lr"] = cfg.lr * lr_factor(step, total_steps, warmup_steps)
             use_inv = cfg.regime == "cnn+inv" and step >= inv_start_step and cfg.inv_lambda > 0
             with autocast:
-                if use_inv:
-                    out_both = net(torch.cat([x, x.flip(-1)]))
-                    logits, logits_flipped = out_both.chunk(2)
-                    if features is not None:
-                        assert features.value is not None
-                        a, b = features.value.chunk(2)
-                    else:
-                        a, b = logits, logits_flipped
-                    inv = invariance_loss(a, b)
-                else:
-                    logits = net(x)
-                    inv = torch.zeros((), device=device)
-                ce = nn.functional.cross_entropy(
-                    logits.float(), y, label_smoothing=cfg.label_smoothing
-                )
-                loss = ce + cfg.inv_lambda * inv if use_inv else ce
+                loss, ce, inv, logits = regime_loss(net, x, y, cfg, use_inv, features)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
