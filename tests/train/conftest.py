@@ -34,3 +34,10 @@ def one_thread() -> Iterator[None]:
 def fmnist_small() -> ImageTensors:
     """The first 400 training and 200 test images of the real Fashion-MNIST (Debian files)."""
     return load_fashion_mnist().subset(400, 200)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    """A module-scoped ``MonkeyPatch`` (usable from hypothesis tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp

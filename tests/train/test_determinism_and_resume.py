@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gcnn.checkpoint import read_state_dict
 from gcnn.cli import main
-from gcnn.train import DistContext, TrainConfig, load_train_state, train_seed
+from gcnn.train import DistContext, TrainConfig, load_train_state, loop, train_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,3 +81,42 @@ def test_killed_run_resumes_to_the_same_weights_bit_for_bit(
     # a finished run is skipped by --resume and refused without it
     assert main([*ARGS, "--out", str(killed), "--resume"]) == 0
     assert main([*ARGS, "--out", str(killed)]) == 2
+
+
+class _Stop(Exception):
+    """Stands in for SIGKILL in-process (the real kill is tested above)."""
+
+
+@pytest.fixture(scope="module")
+def samples_reference(tmp_path_factory) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
+    from gcnn.data import load_sample_dataset
+
+    cfg = TrainConfig(arch="vgg11", regime="cnn+inv", data="cifar10-samples", epochs=3,
+                      batch_size=5, lr=0.02, arch_kwargs={"width": 0.125},
+                      eval_every=0)  # fmt: skip
+    out = tmp_path_factory.mktemp("ref")
+    train_seed(cfg, load_sample_dataset("cifar10"), 0, out, DistContext(), progress=False)
+    return cfg, _weights(out)
+
+
+@settings(max_examples=8)
+@given(kill_after=st.integers(1, 11), every=st.integers(0, 5))
+def test_stop_at_any_step_then_resume_equals_uninterrupted(
+    samples_reference, tmp_path_factory, monkeypatch_module, kill_after: int, every: int
+) -> None:
+    from gcnn.data import load_sample_dataset
+
+    cfg, reference = samples_reference
+    cfg = dataclasses.replace(cfg, checkpoint_every=every)
+    data, out = load_sample_dataset("cifar10"), tmp_path_factory.mktemp("stop")
+
+    def stop() -> None:
+        raise _Stop
+
+    monkeypatch_module.setattr(loop, "_kill_self", stop)
+    with pytest.raises(_Stop):
+        train_seed(
+            cfg, data, 0, out, DistContext(), progress=False, debug_kill_after_step=kill_after
+        )
+    train_seed(cfg, data, 0, out, DistContext(), progress=False, resume=True)
+    assert _equal(_weights(out), reference)
