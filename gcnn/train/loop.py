@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,13 @@ def train_seed(
             raise ValueError(f"{paths.state} was written with a different configuration")
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
+        if scalars.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+            warnings.warn(
+                f"resuming with {torch.get_num_threads()} torch threads, the run used "
+                f"{scalars['threads']}: CPU results will not match an uninterrupted run bit for "
+                "bit (set OMP_NUM_THREADS as before)",
+                stacklevel=2,
+            )
         step, history = scalars["step"], scalars["history"]
         meter_values, train_time = scalars["meter"], scalars["train_time"]
 
@@ -250,6 +258,7 @@ def train_seed(
             scalars = {
                 "step": step, "history": history, "meter": meter.values(),
                 "train_time": train_time, "config": cfg.to_dict(), "seed": seed,
+                "threads": torch.get_num_threads(),
             }  # fmt: skip
             save_train_state(paths.state, model.state_dict(), optimizer.state_dict(), scalars)
         barrier(ctx)
@@ -338,6 +347,7 @@ def train_seed(
         "torch_version": torch.__version__,
         "device": _device_name(device),
         "world_size": ctx.world_size,
+        "torch_threads": torch.get_num_threads(),
         "ranks_identical": identical,
         "config": cfg.to_dict(),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,29 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Training tests run single-threaded (faster on a shared 2-core machine)."""
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block (CPU results depend on the thread count)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Training tests run single-threaded (faster on a shared 2-core machine, and module-scoped
+    references made under :func:`single_thread` compare bit for bit)."""
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def single_threaded():
+    """The :func:`single_thread` context manager, for module-scoped fixtures."""
+    return single_thread
 
 
 @pytest.fixture(scope="session")

@@ -88,14 +88,17 @@ class _Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def samples_reference(tmp_path_factory) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
+def samples_reference(
+    tmp_path_factory, single_threaded
+) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
     from gcnn.data import load_sample_dataset
 
     cfg = TrainConfig(arch="vgg11", regime="cnn+inv", data="cifar10-samples", epochs=3,
                       batch_size=5, lr=0.02, arch_kwargs={"width": 0.125},
                       eval_every=0)  # fmt: skip
     out = tmp_path_factory.mktemp("ref")
-    train_seed(cfg, load_sample_dataset("cifar10"), 0, out, DistContext(), progress=False)
+    with single_threaded():
+        train_seed(cfg, load_sample_dataset("cifar10"), 0, out, DistContext(), progress=False)
     return cfg, _weights(out)
 
 

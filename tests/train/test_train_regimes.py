@@ -28,13 +28,13 @@ def small_config(**kw) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def runs(fmnist_small, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
+def runs(fmnist_small, tmp_path_factory, single_threaded) -> dict[str, tuple[dict, Path]]:
     out = tmp_path_factory.mktemp("runs")
     done = {}
-    torch.set_num_threads(1)
     for name, kw in CASES.items():
         cfg = small_config(**kw)
-        sidecar = train_seed(cfg, fmnist_small, 0, out / name, DistContext(), progress=False)
+        with single_threaded():
+            sidecar = train_seed(cfg, fmnist_small, 0, out / name, DistContext(), progress=False)
         done[name] = (sidecar, out / name)
     return done
 
