@@ -197,7 +197,9 @@ def train_seed(
     """Train (or resume, or skip if finished) the net of ``seed``; return its sidecar dict."""
     paths = run_paths(out, cfg, seed)
     if paths.sidecar.is_file() and paths.weights.is_file():
-        if resume:
+        if resume:  # finished (a kill between the final save and the clean-up left a state)
+            if ctx.is_main:
+                paths.state.unlink(missing_ok=True)
             return json.loads(paths.sidecar.read_text())
         if not overwrite:
             raise ValueError(
