@@ -17,6 +17,7 @@ import gcnn
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gcnn.commands.demo",
     "gcnn.commands.exactness",
+    "gcnn.commands.train",
 )
 
 
