@@ -1,0 +1,150 @@
+r"""REPAIR (Jordan et al. 2023): restore the merged net's per-unit statistics, then fold.
+
+For every *repair point* (each BatchNorm's output; in a net without BatchNorm, each conv's
+output) and channel ``c``, the endpoints' output mean and std over data give the target
+
+    μ_c = (1 − α) μ_c^A + α μ_c^B,        σ_c = (1 − α) σ_c^A + α σ_c^B.
+
+A renormalising layer ``y ↦ σ_c (y − m_c) / sqrt(v_c + ε) + μ_c`` is put after each point of
+the interpolated net; its ``m, v`` (and every BatchNorm's running statistics) are estimated in
+one train-mode pass. The layers are then folded into the point's own weights
+(``scale = σ / sqrt(v + ε)``, ``W ← scale·W``, ``b ← scale·(b − m) + μ``; for BatchNorm the
+affine ``γ, β``), so the result has the original architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from gcnn.analysis.merge import interpolate, reset_batchnorm
+from gcnn.analysis.progress import progress
+from gcnn.analysis.statistics import Batches, as_samples
+
+
+def repair_points(model: nn.Module) -> list[str]:
+    """Names of the modules REPAIR corrects: every BatchNorm, or every conv if there is none."""
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        return norms
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+@torch.no_grad()
+def channel_statistics(
+    model: nn.Module, names: Iterable[str], batches: Batches, device: torch.device | str = "cpu"
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per-channel mean and std (float64, ``(C,)`` each) of the named modules' outputs.
+
+    One pass in eval mode; pixels count as samples.
+    """
+    sums: dict[str, list[Tensor | int]] = {}
+
+    def hook(name: str):  # noqa: ANN202
+        def record(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+            s = as_samples(output)
+            if name not in sums:
+                sums[name] = [0, torch.zeros_like(s[0]), torch.zeros_like(s[0])]
+            acc = sums[name]
+            acc[0] += s.shape[0]  # type: ignore[operator]
+            acc[1] += s.sum(0)  # type: ignore[operator]
+            acc[2] += (s * s).sum(0)  # type: ignore[operator]
+
+        return record
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        model.eval()
+        for x, _ in progress(batches, desc="REPAIR statistics"):
+            model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, (n, s1, s2) in sums.items():
+        mean = s1 / n  # type: ignore[operator]
+        out[name] = (mean, (s2 / n - mean**2).clamp_min(0).sqrt())  # type: ignore[operator]
+    return out
+
+
+class _Renormalise(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over any ``(B, C, ...)`` input whose affine output has the target statistics."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected (B, C, ...), got {x.dim()}-D")
+
+
+class _Repaired(nn.Module):
+    def __init__(self, point: nn.Module, renorm: _Renormalise) -> None:
+        super().__init__()
+        self.point, self.renorm = point, renorm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.renorm(self.point(x))
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+@torch.no_grad()
+def _fold(point: nn.Module, renorm: _Renormalise) -> None:
+    scale = renorm.weight / (renorm.running_var + renorm.eps).sqrt()
+    shift = renorm.bias - renorm.running_mean * scale
+    if isinstance(point, nn.modules.batchnorm._BatchNorm):
+        if not point.affine:
+            raise ValueError("REPAIR needs affine BatchNorms to fold into")
+        point.weight.mul_(scale)
+        point.bias.mul_(scale).add_(shift)
+        return
+    shape = (-1,) + (1,) * (point.weight.dim() - 1)
+    point.weight.mul_(scale.view(shape))
+    if point.bias is None:
+        point.bias = nn.Parameter(torch.zeros_like(shift))
+        point.bias.copy_(shift)
+    else:
+        point.bias.mul_(scale).add_(shift)
+
+
+@torch.no_grad()
+def repair(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    alpha: float,
+    batches: Batches,
+    device: torch.device | str = "cpu",
+    endpoint_stats: tuple[dict, dict] | None = None,
+) -> nn.Module:
+    """The REPAIRed interpolation ``θ(α)`` of two aligned nets, an ordinary model of A's class.
+
+    ``batches`` are training images (labels unused). ``endpoint_stats`` may pass precomputed
+    ``(channel_statistics(A), channel_statistics(B))`` to skip two passes when sweeping α.
+    A net whose conv biases are absent gets biases (a conv ``bias=False`` becomes biased).
+    """
+    names = repair_points(model_a)
+    if endpoint_stats is None:
+        endpoint_stats = (
+            channel_statistics(model_a, names, batches, device),
+            channel_statistics(model_b, names, batches, device),
+        )
+    stats_a, stats_b = endpoint_stats
+    merged = interpolate(model_a, model_b, alpha)
+    wrappers = {}
+    for name in names:
+        (mean_a, std_a), (mean_b, std_b) = stats_a[name], stats_b[name]
+        point = merged.get_submodule(name)
+        ref = next(point.parameters())
+        renorm = _Renormalise(mean_a.numel(), momentum=None).to(ref)
+        renorm.weight.copy_(torch.lerp(std_a, std_b, alpha))
+        renorm.bias.copy_(torch.lerp(mean_a, mean_b, alpha))
+        wrappers[name] = _Repaired(point, renorm)
+        _set_submodule(merged, name, wrappers[name])
+    reset_batchnorm(merged, batches, device)
+    for name, wrapper in wrappers.items():
+        _fold(wrapper.point, wrapper.renorm)
+        _set_submodule(merged, name, wrapper.point)
+    return merged.eval()
