@@ -202,16 +202,23 @@ def _infer_in_channels(model: nn.Module) -> int:
 def trace_window_ops(
     model: nn.Module, input_size: tuple[int, int], in_channels: int
 ) -> list[WindowOp]:
-    """Run ``model`` on a meta tensor of shape ``(1, in_channels, H, W)``; list its window ops."""
+    """Run ``model`` on a meta tensor of shape ``(1, in_channels, H, W)``; list its window ops.
+
+    The trace runs in eval mode (each module's mode is restored afterwards).
+    """
     state = {name: t.to("meta") for name, t in [*model.named_parameters(), *model.named_buffers()]}
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     x = torch.empty(1, in_channels, *input_size, device="meta", dtype=dtype)
     token = _TRACING.set(True)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # same window ops; train-mode BatchNorm bookkeeping cannot run on meta tensors
     try:
         with _module_names(model) as stack, _WindowOpRecorder(stack) as recorder:
             torch.func.functional_call(model, state, (x,))
     finally:
         _TRACING.reset(token)
+        for module, training in modes.items():
+            module.training = training
     return recorder.ops
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
+import gcnn
 from gcnn.exactness import flip_exactness
 from gcnn.testing import flip_equivariance_error
 
@@ -74,3 +75,16 @@ def test_any_torchvision_model() -> None:
 def test_too_small_a_size_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="cannot run at input size 8×8"):
         flip_exactness(torchvision.models.vgg11(), 8)
+
+
+def test_train_mode_with_cumulative_batchnorm_traces_and_keeps_modes() -> None:
+    """momentum=None BatchNorm in train mode reads its counter as a number, which a meta trace
+    cannot do: the rule is traced in eval mode, and every module's mode is restored."""
+    model = gcnn.vgg11_flip(width=0.25).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    model.features[1].eval()  # a mixed-mode model keeps its modes
+    assert gcnn.flip_exactness(model, 32).exact
+    assert model.training and not model.features[1].training and model.features[5].training
+    model(torch.rand(2, 3, 32, 32))  # the inexact-size hook traces on the first call
