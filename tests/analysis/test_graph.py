@@ -1,0 +1,451 @@
+"""Permutation groups, permuting a model, the flipped twin and activation probes.
+
+Every architecture runs in float64, eval mode, with random BatchNorm statistics and affine
+parameters (so BatchNorm is not the identity and every slot matters), at a small input size at
+which the model is flip-exact. Models and graphs are built once per session.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from functools import cache
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+from torchvision.models.vgg import VGG, cfgs, make_layers
+
+import gcnn
+from gcnn.analysis import (
+    ActivationProbe,
+    ModelGraph,
+    PermGroup,
+    Slot,
+    UnsupportedGraphError,
+    analyse_graph,
+    flipped_twin,
+    permute_model,
+    random_permutations,
+)
+
+TOL = 1e-10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small float64 forwards: one thread is fastest and robust on a shared, busy machine
+    (two threads competing for two busy cores were 10-40× slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tv_vgg11_bn() -> nn.Module:
+    """torchvision's VGG11-BN (class and forward) with a narrow head: the 25088-wide spatial
+    Linear stays, its 4096 hidden units become 64 (keeps the test fast and small)."""
+    features = make_layers(cfgs["A"], batch_norm=True)
+    with torch.device("meta"):
+        model = VGG(nn.Sequential(), num_classes=10, init_weights=False)
+    model.features = features
+    model.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+    model.classifier = nn.Sequential(
+        nn.Linear(512 * 7 * 7, 64),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(64, 64),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(64, 10),
+    )
+    return model
+
+
+def _tv(name: str) -> Callable[[], nn.Module]:
+    return lambda: getattr(torchvision.models, name)(weights=None, num_classes=10)
+
+
+#: name -> (builder, flip-exact input width used for every test of that model)
+ARCHS: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    "vgg11": (lambda: gcnn.vgg11(width=0.25), 32),
+    "vgg11_flip": (lambda: gcnn.vgg11_flip(width=0.25).export(), 32),
+    "resnet50_flip": (lambda: gcnn.resnet50_flip(num_classes=10).export(), 33),
+    "tv_vgg11_bn": (_tv_vgg11_bn, 64),  # 64 → 2×2 map → 7×7: the linear columns matter
+    "resnet18": (_tv("resnet18"), 33),
+    "resnet50": (_tv("resnet50"), 33),
+    "mobilenet_v2": (_tv("mobilenet_v2"), 33),
+    "mobilenet_v3_small": (_tv("mobilenet_v3_small"), 33),
+    "efficientnet_b0": (_tv("efficientnet_b0"), 33),
+}
+
+
+def _randomise_batchnorm(model: nn.Module, x: Tensor, generator: torch.Generator) -> None:
+    """Random biases and affine parameters, then running statistics measured on ``x`` (train mode).
+
+    Measured statistics keep the deep nets well scaled (no dead or saturated units), so every
+    slot of a group changes the outputs when it is left out.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(0.5 + torch.rand(m.num_features, generator=generator))
+            m.bias.copy_(0.2 * torch.randn(m.num_features, generator=generator))
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: the statistics of x
+        for m in model.modules():  # torchvision zero-inits conv biases: make them matter
+            if isinstance(m, nn.Conv2d | nn.Linear) and m.bias is not None:
+                m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=generator))
+        model.train()
+        model(x)
+        model.eval()
+        for m in bns:
+            m.momentum = 0.1
+
+
+@cache
+def setup(name: str) -> tuple[nn.Module, ModelGraph, Tensor]:
+    """(float64 eval model, its graph, input (2, 3, W, W)) for architecture ``name``."""
+    builder, width = ARCHS[name]
+    torch.manual_seed(0)
+    model = builder().double()
+    generator = torch.Generator().manual_seed(1)
+    calibration = torch.randn(8, 3, width, width, generator=generator, dtype=torch.float64)
+    _randomise_batchnorm(model, calibration, generator)
+    x = torch.randn(2, 3, width, width, generator=generator, dtype=torch.float64)
+    return model, analyse_graph(model, x), x
+
+
+@cache
+def reference_output(name: str) -> Tensor:
+    model, _, x = setup(name)
+    with torch.no_grad():
+        return model(x)
+
+
+def rel_err(a: Tensor, b: Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def output(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+# --------------------------------------------------------------------------- 1. invariance
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+@settings(max_examples=2)
+@given(seed=st.integers(0, 2**31 - 1), subset=st.booleans())
+def test_permuting_groups_keeps_the_function(name: str, seed: int, subset: bool) -> None:
+    model, graph, x = setup(name)
+    generator = torch.Generator().manual_seed(seed)
+    perms = random_permutations(graph, generator)
+    if subset:  # a random half of the groups: groups are independent of each other
+        keep = torch.rand(len(perms), generator=generator) < 0.5
+        perms = {k: p for (k, p), chosen in zip(perms.items(), keep, strict=True) if chosen}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    permuted = permute_model(model, graph, perms)
+    assert rel_err(output(permuted, x), reference_output(name)) <= TOL
+    # the caller's model is untouched, and the permutation did change weights
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    if any(not torch.equal(p, torch.arange(len(p))) for p in perms.values()):
+        changed = permuted.state_dict()
+        assert any(not torch.equal(before[k], changed[k]) for k in before)
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_permutations_compose_and_invert(seed: int) -> None:
+    """new[i] = old[p[i]]: permuting by p then q is permuting by p[q]; p then p⁻¹ is identity."""
+    model, graph, _ = setup("vgg11")
+    generator = torch.Generator().manual_seed(seed)
+    p, q = random_permutations(graph, generator), random_permutations(graph, generator)
+    twice = permute_model(permute_model(model, graph, p), graph, q)
+    once = permute_model(model, graph, {k: p[k][q[k]] for k in p})
+    back = permute_model(
+        permute_model(model, graph, p), graph, {k: v.argsort() for k, v in p.items()}
+    )
+    for key, value in model.state_dict().items():
+        assert torch.equal(twice.state_dict()[key], once.state_dict()[key])
+        assert torch.equal(back.state_dict()[key], value)
+
+
+def test_permute_model_rejects_bad_permutations() -> None:
+    model, graph, _ = setup("vgg11")
+    first = graph.groups[0]
+    with pytest.raises(KeyError, match="unknown groups"):
+        permute_model(model, graph, {"nope": torch.arange(3)})
+    with pytest.raises(ValueError, match="permutation"):
+        permute_model(model, graph, {first.name: torch.zeros(first.size, dtype=torch.long)})
+
+
+# --------------------------------------------------------------------------- 2. negative control
+
+
+def _permute_slots(model: nn.Module, slots: list[Slot], perm: Tensor) -> nn.Module:
+    """Permute only ``slots`` with ``perm``: a group with some slots missing."""
+    fake = ModelGraph([PermGroup("part", len(perm), slots, "", [])], {}, None)  # type: ignore[arg-type]
+    return permute_model(model, fake, {"part": perm})
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_every_slot_of_a_group_is_needed(name: str) -> None:
+    """Leaving out any one slot of a middle group changes the outputs: slots are minimal, and
+    the invariance test above can fail."""
+    model, graph, x = setup(name)
+    group = graph.groups[len(graph.groups) // 2]
+    perm = torch.randperm(group.size, generator=torch.Generator().manual_seed(3))
+    full = _permute_slots(model, group.slots, perm)
+    assert rel_err(output(full, x), reference_output(name)) <= TOL
+    assert any(s.axis == 1 for s in group.slots), "a middle group has consumers"
+    for i, slot in enumerate(group.slots):
+        broken = _permute_slots(model, group.slots[:i] + group.slots[i + 1 :], perm)
+        err = rel_err(output(broken, x), reference_output(name))
+        assert err > 1e-6, f"{name}: dropping {slot} of {group.name} left the outputs unchanged"
+
+
+# --------------------------------------------------------------------------- 3. structure
+
+
+def _streams(graph: ModelGraph) -> list[PermGroup]:
+    return [g for g in graph.groups if "+" in g.name]
+
+
+def test_vgg11_has_one_group_per_conv() -> None:
+    _, graph, _ = setup("vgg11")
+    widths = [16, 32, 64, 64, 128, 128, 128, 128]  # 64,128,256,256,512,512,512,512 × 0.25
+    assert [g.size for g in graph.groups] == widths
+    convs = [n for n, m in setup("vgg11")[0].named_modules() if isinstance(m, nn.Conv2d)]
+    assert [g.name for g in graph.groups] == convs
+    for g, conv in zip(graph.groups, convs, strict=True):
+        i = int(conv.split(".")[1])
+        assert g.producers == [conv, f"features.{i + 1}"]  # conv and its BatchNorm
+    assert graph.spatial_linears == {}
+    assert graph.groups[-1].probe == "flatten"  # last value carrying the group: (B, 128)
+
+
+def test_tv_vgg11_bn_groups_and_spatial_linear() -> None:
+    _, graph, _ = setup("tv_vgg11_bn")
+    assert [g.size for g in graph.groups] == [64, 128, 256, 256, 512, 512, 512, 512, 64, 64]
+    assert graph.spatial_linears == {"classifier.0": (512, 7, 7)}
+    last_conv = graph.groups[7]
+    assert Slot("classifier.0.weight", 1, 0, 49) in last_conv.slots
+    assert last_conv.probe == "avgpool"  # (B, 512, 7, 7), before the flatten
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks", "widths", "expansion"),
+    [
+        ("resnet18", (2, 2, 2, 2), (64, 128, 256, 512), 1),
+        ("resnet50", (3, 4, 6, 3), (64, 128, 256, 512), 4),
+    ],
+)
+def test_resnet_has_one_stream_group_per_stage(
+    name: str, blocks: tuple[int, ...], widths: tuple[int, ...], expansion: int
+) -> None:
+    model, graph, _ = setup(name)
+    streams = _streams(graph)
+    assert [g.size for g in streams] == [w * expansion for w in widths]
+    inner_per_block = 1 if expansion == 1 else 2  # conv1 (and conv2 for bottlenecks)
+    stem = 0 if expansion == 1 else 1  # resnet18's stem joins layer1's stream
+    assert len(graph.groups) == stem + inner_per_block * sum(blocks) + len(streams)
+    last = "conv2" if expansion == 1 else "conv3"
+    for stage, (n, stream) in enumerate(zip(blocks, streams, strict=True), start=1):
+        adders = [f"layer{stage}.{b}.{last}" for b in range(n)]
+        assert set(adders) <= set(stream.producers)
+        if stage > 1 or expansion > 1:
+            assert f"layer{stage}.0.downsample.0" in stream.producers
+        assert stream.probe == f"layer{stage}_{n - 1}_relu_{2 if expansion > 1 else 1}" or (
+            stage == 4 and stream.probe == "flatten"
+        )
+    if expansion == 1:
+        assert "conv1" in streams[0].producers and "bn1" in streams[0].producers
+
+
+def test_resnet50_flip_export_has_the_resnet50_groups() -> None:
+    a, b = setup("resnet50")[1], setup("resnet50_flip")[1]
+    assert [(g.name, g.size, g.slots) for g in a.groups] == [
+        (g.name, g.size, g.slots) for g in b.groups
+    ]
+    assert len(a.groups) == 37
+
+
+def test_mobilenet_v2_depthwise_conv_shares_its_input_group() -> None:
+    model, graph, _ = setup("mobilenet_v2")
+    assert len(graph.groups) == 25  # stem, 16 expansions, 7 stage streams, last conv
+    assert [g.size for g in _streams(graph)] == [24, 32, 64, 96, 160]  # stages with residuals
+    for i in range(2, 18):
+        g = graph.group_of(f"features.{i}.conv.0.0")  # the 1×1 expansion
+        assert g is not None and g.name == f"features.{i}.conv.0.0"
+        assert f"features.{i}.conv.1.0" in g.producers  # the depthwise 3×3 conv and its BN
+        assert Slot(f"features.{i}.conv.1.0.weight", 0) in g.slots
+        assert g.size == model.get_submodule(f"features.{i}.conv.1.0").out_channels
+    assert "features.1.conv.0.0" in graph.group("features.0.0").producers  # t=1 block
+
+
+def test_efficientnet_b0_squeeze_excitation_groups() -> None:
+    model, graph, _ = setup("efficientnet_b0")
+    assert len(graph.groups) == 40  # stem, 15 expansions, 16 SE squeezes, 7 stages, head
+    se = [n for n, m in model.named_modules() if type(m).__name__ == "SqueezeExcitation"]
+    assert len(se) == 16
+    for name in se:
+        fc1, fc2 = model.get_submodule(name).fc1, model.get_submodule(name).fc2
+        squeeze = graph.group_of(f"{name}.fc1")
+        assert squeeze is not None and squeeze.size == fc1.out_channels
+        assert Slot(f"{name}.fc2.weight", 1) in squeeze.slots
+        gated = graph.group_of(f"{name}.fc2")  # the gate joins the features it scales
+        assert gated is not None and gated.size == fc2.out_channels
+        assert "+" in gated.name and len(gated.producers) >= 4  # expand/dw conv, BNs, fc2
+    assert graph.groups[-1].size == 1280
+
+
+def test_mobilenet_v3_small_group_count() -> None:
+    _, graph, _ = setup("mobilenet_v3_small")
+    # stem 1 + expansions 10 + SE squeezes 9 + streams 5 + last conv + classifier hidden
+    assert len(graph.groups) == 27
+    assert graph.groups[-1].size == 1024 and graph.groups[-1].producers == ["classifier.0"]
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_groups_are_consistent(name: str) -> None:
+    """Names unique, probes carry the group, no slot in two groups, first conv input fixed."""
+    model, graph, _ = setup(name)
+    names = [g.name for g in graph.groups]
+    assert len(set(names)) == len(names)
+    state = model.state_dict()
+    seen: set[tuple[str, int, int]] = set()
+    for g in graph.groups:
+        assert g.probe == g.nodes[-1]
+        for s in g.slots:
+            length = state[s.key].shape[s.axis]
+            assert 0 <= s.offset and s.offset + g.size * s.inner <= length
+            assert (s.key, s.axis, s.offset) not in seen
+            seen.add((s.key, s.axis, s.offset))
+    first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    assert (f"{first_conv}.weight", 1, 0) not in seen  # image channels are fixed
+    last_linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    assert (f"{last_linear}.weight", 0, 0) not in seen  # logits are fixed
+
+
+# --------------------------------------------------------------------------- 4. twin
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_twin_is_the_model_on_mirrored_images(name: str) -> None:
+    model, graph, x = setup(name)
+    assert gcnn.flip_exactness(model, x.shape[-1], search=0).exact
+    twin = flipped_twin(model, graph)
+    assert rel_err(output(twin, x), output(model, x.flip(-1))) <= TOL
+    assert rel_err(output(twin, x), reference_output(name)) > 1e-3  # the twin is another net
+
+
+def test_twin_without_mirrored_linear_columns_fails_for_vgg11_bn() -> None:
+    model, graph, x = setup("tv_vgg11_bn")
+    twin = flipped_twin(model, graph, mirror_linears=False)
+    assert rel_err(output(twin, x), output(model, x.flip(-1))) > 1e-3
+
+
+def test_twin_at_an_inexact_size_is_far_off() -> None:
+    model, graph, _ = setup("resnet18")
+    report = gcnn.flip_exactness(model, 64, search=0)
+    assert not report.exact
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)).double()
+    twin = flipped_twin(model, graph)
+    assert rel_err(output(twin, x), output(model, x.flip(-1))) > 1e-2
+
+
+def test_twin_builds_its_own_graph_and_leaves_the_model_alone() -> None:
+    model, graph, x = setup("tv_vgg11_bn")
+    before = copy.deepcopy(model.state_dict())
+    twin = flipped_twin(model, example_input=x)
+    assert rel_err(output(twin, x), output(model, x.flip(-1))) <= TOL
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="example_input"):
+        flipped_twin(model)
+
+
+# --------------------------------------------------------------------------- 5. unsupported
+
+
+class _Permute(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x).permute(0, 2, 3, 1)
+        return self.fc(y).mean((1, 2))
+
+
+class _ChannelShuffle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        b, c, h, w = y.shape
+        y = y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.head(y)
+
+
+class _Grouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.grouped = nn.Conv2d(4, 4, 3, groups=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.grouped(self.conv(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize(
+    ("module", "pattern"),
+    [
+        (_Permute(), r"node permute \(call_method permute\) is not supported"),
+        (_ChannelShuffle(), r"node view \(call_method view\) reshapes"),
+        (_Grouped(), r"grouped \(call_module grouped\).*groups=2"),
+        (gcnn.vgg11_flip(width=0.25), r"gcnn flip layer.*export\(\)"),
+    ],
+)
+def test_unsupported_graphs_name_the_op(module: nn.Module, pattern: str) -> None:
+    with pytest.raises(UnsupportedGraphError, match=pattern):
+        analyse_graph(module, torch.randn(1, 3, 32, 32))
+
+
+# --------------------------------------------------------------------------- 6. probes
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_activation_probe_returns_every_group(name: str) -> None:
+    model, graph, x = setup(name)
+    probe = ActivationProbe(model, graph)
+    with torch.no_grad():
+        out, acts = probe(x)
+    assert torch.equal(out, reference_output(name))
+    assert list(acts) == [g.name for g in graph.groups]
+    for g in graph.groups:
+        assert acts[g.name].shape[:2] == (2, g.size)
+    # on a permuted copy, each probe carries the permuted channels
+    perms = random_permutations(graph, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, permuted = ActivationProbe(permute_model(model, graph, perms), graph)(x)
+    for g in graph.groups:
+        torch.testing.assert_close(permuted[g.name], acts[g.name][:, perms[g.name]])
+
+
+def test_activation_probe_on_the_twin_sees_mirrored_maps() -> None:
+    model, graph, x = setup("resnet18")
+    with torch.no_grad():
+        _, acts = ActivationProbe(model, graph)(x.flip(-1))
+        _, twin_acts = ActivationProbe(flipped_twin(model, graph), graph)(x)
+    for g in graph.groups:  # twin(x) at every layer is the model on flip(x), mirrored back
+        expected = acts[g.name].flip(-1) if acts[g.name].dim() == 4 else acts[g.name]
+        torch.testing.assert_close(twin_acts[g.name], expected, rtol=1e-10, atol=1e-12)
