@@ -83,7 +83,8 @@ class PermGroup:
     inputs). ``probe``: the fx node whose output ``(B, size, *spatial)`` or ``(B, size)`` is
     the last one in topological order that carries exactly this group's channels in order.
     ``producers``: modules with parameters on this group's channels as their outputs (the
-    creating conv/linear layers, depthwise convs, BatchNorms), in topological order.
+    creating conv/linear layers, depthwise convs, BatchNorms), in topological order; after a
+    ``torch.cat`` a BatchNorm covers several groups (its slots carry the offsets).
     ``consumers``: modules that read this group's channels as (part of) their input.
     ``nodes``: every fx node whose output carries exactly this group (``probe`` is the last).
     """
@@ -345,6 +346,7 @@ class _Analyser:
         self.module_calls: dict[str, tuple[_Layout, _Layout]] = {}
         self.spatial_linears: dict[str, tuple[int, int, int]] = {}
         self.flat_hw: dict[fx.Node, tuple[int, int]] = {}  # flattened node -> (H, W)
+        self.module_order: dict[str, int] = {}  # module -> position of its first call
 
     # ---- helpers
     def unsupported(self, node: fx.Node, why: str = "is not supported") -> UnsupportedGraphError:
@@ -423,6 +425,7 @@ class _Analyser:
     def call_module(self, node: fx.Node) -> _Layout:
         name = str(node.target)
         m = self.modules[name]
+        self.module_order.setdefault(name, len(self.module_order))
         if not node.args:
             raise self.unsupported(node, "has no input")
         x = self.layout_of(node, node.args[0])
@@ -566,6 +569,10 @@ class _Analyser:
         return _Layout([s for lay in layouts for s in lay.segments], layouts[0].inner)
 
     # ---- result
+    def topological(self, modules: list[str]) -> list[str]:
+        """Unique module names in the order of their first call."""
+        return sorted(dict.fromkeys(modules), key=lambda m: self.module_order.get(m, -1))
+
     def groups(self) -> list[PermGroup]:
         sp = self.spaces
         roots = sorted({sp.find(s) for s in range(len(sp.parent))})
@@ -585,7 +592,7 @@ class _Analyser:
         for r in roots:
             if sp.fixed[r] or not nodes[r]:
                 continue
-            creators = list(dict.fromkeys(sp.creators[r]))
+            creators = self.topological(sp.creators[r])
             if len(creators) <= 3:
                 name = "+".join(creators)
             else:
@@ -596,8 +603,8 @@ class _Analyser:
                     size=sp.size[r],
                     slots=list(dict.fromkeys(sp.slots[r])),
                     probe=nodes[r][-1],
-                    producers=list(dict.fromkeys(sp.producers[r])),
-                    consumers=list(dict.fromkeys(sp.consumers[r])),
+                    producers=self.topological(sp.producers[r]),
+                    consumers=self.topological(sp.consumers[r]),
                     nodes=nodes[r],
                 )
             )
@@ -734,7 +741,9 @@ class ActivationProbe(nn.Module):
     of the group's probe node, shape ``(B, group.size, *spatial)`` or ``(B, group.size)``.
     ``model`` must have the architecture ``graph`` was built from (a permuted copy, the flipped
     twin, …): the probe shares its parameters and modules, no copy is made. ``probes`` maps
-    group names to other node names (e.g. from ``group.nodes``) to override ``group.probe``.
+    group names to other node names (e.g. from ``group.nodes``) to override ``group.probe``;
+    those activations are cloned where they are computed (a later in-place ReLU cannot change
+    them). Default probes are returned without a copy: nothing in-place follows them.
     """
 
     def __init__(
@@ -758,7 +767,15 @@ class ActivationProbe(nn.Module):
         missing = sorted(v for v in chosen.values() if v not in by_name)
         if missing:
             raise KeyError(f"probe nodes {missing} are not in the graph")
-        new.output((output, {g: by_name[n] for g, n in chosen.items()}))
+        defaults = {g.probe for g in graph.groups}
+        taps: dict[str, fx.Node] = {}
+        for group, node_name in chosen.items():
+            node = by_name[node_name]
+            if node_name not in defaults:  # an earlier node: a later in-place op may change it
+                with new.inserting_after(node):
+                    node = new.call_method("clone", (node,))
+            taps[group] = node
+        new.output((output, taps))
         self.traced = fx.GraphModule(model, new, type(model).__name__ + "Probe")
 
     def forward(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:

@@ -80,6 +80,11 @@ ARCHS: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "mobilenet_v2": (_tv("mobilenet_v2"), 33),
     "mobilenet_v3_small": (_tv("mobilenet_v3_small"), 33),
     "efficientnet_b0": (_tv("efficientnet_b0"), 33),
+    # concatenations: BatchNorms over several groups; 69 → 35 → 18 → 9 is flip-exact
+    "densenet_small": (
+        lambda: torchvision.models.DenseNet(8, (2, 2), 16, bn_size=2, num_classes=10),
+        69,
+    ),
 }
 
 
@@ -311,6 +316,20 @@ def test_mobilenet_v3_small_group_count() -> None:
     assert graph.groups[-1].size == 1024 and graph.groups[-1].producers == ["classifier.0"]
 
 
+def test_densenet_concatenation_offsets() -> None:
+    _, graph, _ = setup("densenet_small")
+    # conv0, per dense layer a bottleneck and a growth group, the transition conv
+    assert [g.size for g in graph.groups] == [16, 16, 8, 16, 8, 16, 16, 8, 16, 8]
+    block1 = ["features.conv0", *(f"features.denseblock1.denselayer{i}.conv2" for i in (1, 2))]
+    for group, offset in zip(block1, (0, 16, 24), strict=True):
+        assert Slot("features.transition1.norm.running_var", 0, offset) in graph.group(group).slots
+        assert Slot("features.transition1.conv.weight", 1, offset) in graph.group(group).slots
+    assert (
+        Slot("features.denseblock1.denselayer2.conv1.weight", 1, 16)
+        in graph.group("features.denseblock1.denselayer1.conv2").slots
+    )
+
+
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_groups_are_consistent(name: str) -> None:
     """Names unique, probes carry the group, no slot in two groups, first conv input fixed."""
@@ -439,6 +458,23 @@ def test_activation_probe_returns_every_group(name: str) -> None:
         _, permuted = ActivationProbe(permute_model(model, graph, perms), graph)(x)
     for g in graph.groups:
         torch.testing.assert_close(permuted[g.name], acts[g.name][:, perms[g.name]])
+
+
+def test_activation_probe_can_tap_earlier_nodes() -> None:
+    """An overridden probe before an in-place ReLU still sees the pre-ReLU values."""
+    model, graph, x = setup("resnet18")
+    group = graph.group("layer1.0.conv1")
+    assert group.nodes[:2] == ["layer1_0_conv1", "layer1_0_bn1"]  # then an in-place ReLU
+    probe = ActivationProbe(model, graph, probes={group.name: group.nodes[1]})
+    with torch.no_grad():
+        _, acts = probe(x)
+        bn = model.layer1[0].bn1(
+            model.layer1[0].conv1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
+        )
+    assert (acts[group.name] < 0).any()
+    torch.testing.assert_close(acts[group.name], bn)
+    with pytest.raises(KeyError):
+        ActivationProbe(model, graph, probes={"nope": "x"})
 
 
 def test_activation_probe_on_the_twin_sees_mirrored_maps() -> None:
