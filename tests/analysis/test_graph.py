@@ -8,8 +8,10 @@ which the model is flip-exact. Models and graphs are built once per session.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
@@ -485,3 +487,17 @@ def test_activation_probe_on_the_twin_sees_mirrored_maps() -> None:
     for g in graph.groups:  # twin(x) at every layer is the model on flip(x), mirrored back
         expected = acts[g.name].flip(-1) if acts[g.name].dim() == 4 else acts[g.name]
         torch.testing.assert_close(twin_acts[g.name], expected, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The example of docs/analysis.md's section "Permutation groups and the flipped twin"."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "analysis.md").read_text()
+    section = doc.split("## Permutation groups and the flipped twin", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/analysis.md", "exec"), {})
+    assert "12 64 layer1_1_relu_1" in capsys.readouterr().out
