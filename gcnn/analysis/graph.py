@@ -342,7 +342,6 @@ class _Analyser:
         self.modules = dict(gm.named_modules())
         self.spaces = _Spaces()
         self.layouts: dict[fx.Node, Any] = {}
-        self.order: dict[fx.Node, int] = {}
         self.module_calls: dict[str, tuple[_Layout, _Layout]] = {}
         self.spatial_linears: dict[str, tuple[int, int, int]] = {}
         self.flat_hw: dict[fx.Node, tuple[int, int]] = {}  # flattened node -> (H, W)
@@ -392,8 +391,7 @@ class _Analyser:
     # ---- main loop
     def run(self) -> None:
         first_input = True
-        for i, node in enumerate(self.gm.graph.nodes):
-            self.order[node] = i
+        for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 shape = self.shape(node)
                 if shape is None or len(shape) < 2:

@@ -19,6 +19,7 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.models.vgg import VGG, cfgs, make_layers
 
 import gcnn
@@ -388,6 +389,83 @@ def test_twin_builds_its_own_graph_and_leaves_the_model_alone() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="example_input"):
         flipped_twin(model)
+
+
+# --------------------------------------------------------------------------- functional ops
+
+
+class _Functional(nn.Module):
+    """Functional calls, a reused conv, a channel-broadcast gate, a self-concatenation, a
+    spatial reduction and a spatial Linear reached through ``view``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.shared = nn.Conv2d(6, 6, 3, padding=1)
+        self.gate = nn.Conv2d(6, 1, 1)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.conv3 = nn.Conv2d(12, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 4 * 4, 7)
+        self.bn1d = nn.BatchNorm1d(7)
+        self.fc2 = nn.Linear(7, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = F.relu(self.bn(self.conv1(x)))
+        a = torch.relu(self.conv2(a)) + a * 0.5
+        a = self.shared(torch.tanh(self.shared(a)))  # reuse: input and output share a group
+        b = a * torch.sigmoid(self.gate(a))  # (B, 1, H, W) gate, broadcast over channels
+        b = self.dw(b).clamp(min=0)
+        c = torch.cat([a, b], dim=1)  # the same group twice: offsets 0 and 6
+        d = F.max_pool2d(self.conv3(c), 2)
+        d = d - d.mean((2, 3), keepdim=True)
+        e = self.bn1d(self.fc(d.view(d.size(0), -1)))
+        return self.fc2(F.relu(e))
+
+
+@cache
+def functional_setup() -> tuple[nn.Module, ModelGraph, Tensor]:
+    torch.manual_seed(0)
+    model = _Functional().double()
+    generator = torch.Generator().manual_seed(1)
+    _randomise_batchnorm(model, torch.randn(8, 3, 8, 8, generator=generator).double(), generator)
+    x = torch.randn(2, 3, 8, 8, generator=generator, dtype=torch.float64)
+    return model, analyse_graph(model, x), x
+
+
+def test_functional_ops_groups() -> None:
+    _, graph, _ = functional_setup()
+    assert [(g.name, g.size) for g in graph.groups] == [
+        ("conv1+conv2+shared", 6),
+        ("gate", 1),
+        ("conv3", 5),
+        ("fc", 7),
+    ]
+    main = graph.groups[0]
+    assert {Slot("conv3.weight", 1, 0), Slot("conv3.weight", 1, 6)} <= set(main.slots)
+    assert {Slot("shared.weight", 0), Slot("shared.weight", 1), Slot("dw.weight", 0)} <= set(
+        main.slots
+    )
+    assert graph.spatial_linears == {"fc": (5, 4, 4)}
+    assert Slot("fc.weight", 1, 0, 16) in graph.group("conv3").slots
+    assert Slot("bn1d.running_mean", 0) in graph.group("fc").slots
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_functional_ops_permutation_and_twin(seed: int) -> None:
+    model, graph, x = functional_setup()
+    perms = random_permutations(graph, torch.Generator().manual_seed(seed))
+    ref = output(model, x)
+    assert rel_err(output(permute_model(model, graph, perms), x), ref) <= TOL
+    main = graph.groups[0]
+    for i in range(len(main.slots)):  # every slot of the main group is needed
+        partial = _permute_slots(model, main.slots[:i] + main.slots[i + 1 :], perms[main.name])
+        if not torch.equal(perms[main.name], torch.arange(main.size)):
+            assert rel_err(output(partial, x), ref) > 1e-6, main.slots[i]
+    twin = flipped_twin(model, graph)
+    assert rel_err(output(twin, x), output(model, x.flip(-1))) <= TOL
 
 
 # --------------------------------------------------------------------------- 5. unsupported
