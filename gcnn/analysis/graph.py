@@ -26,10 +26,11 @@ saying so.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -194,6 +195,7 @@ class _Spaces:
         self.creators: list[list[str]] = []
         self.producers: list[list[str]] = []
         self.consumers: list[list[str]] = []
+        self.split: dict[int, list[int]] = {}  # split root -> its parts, in channel order
 
     def new(self, size: int, creator: str | None = None, fixed: bool = False) -> int:
         sid = len(self.parent)
@@ -223,6 +225,32 @@ class _Spaces:
         for attr in ("slots", "creators", "producers", "consumers"):
             getattr(self, attr)[a].extend(getattr(self, attr)[b])
             getattr(self, attr)[b] = []
+
+    def parts(self, sid: int) -> list[tuple[int, int]]:
+        """The current spaces ``(root, length)`` that make up ``sid``, in channel order."""
+        root = self.find(sid)
+        if root not in self.split:
+            return [(root, self.size[root])]
+        return [p for part in self.split[root] for p in self.parts(part)]
+
+    def split_at(self, sid: int, k: int) -> None:
+        """Split the space of root ``sid`` into channels ``[0, k)`` and ``[k, size)``.
+
+        Needed when a tensor on one space is added to a concatenation: each part then joins
+        its own segment. Slots are split with the offsets of the second part shifted.
+        """
+        root = self.find(sid)
+        lo = self.new(k, fixed=self.fixed[root])
+        hi = self.new(self.size[root] - k, fixed=self.fixed[root])
+        for part, shift in ((lo, 0), (hi, k)):
+            self.slots[part] = [
+                replace(s, offset=s.offset + shift * s.inner) for s in self.slots[root]
+            ]
+            for attr in ("creators", "producers", "consumers"):
+                getattr(self, attr)[part] = list(getattr(self, attr)[root])
+        for attr in ("slots", "creators", "producers", "consumers"):
+            getattr(self, attr)[root] = []
+        self.split[root] = [lo, hi]
 
 
 # --------------------------------------------------------------------------- op tables
@@ -359,16 +387,34 @@ class _Analyser:
         shape = getattr(meta, "shape", None)
         return tuple(shape) if shape is not None else None
 
+    def canonical(self, layout: _Layout) -> _Layout:
+        """``layout`` in terms of the current (unsplit) spaces."""
+        segments = [p for sid, _ in layout.segments for p in self.spaces.parts(sid)]
+        return _Layout(segments, layout.inner)
+
     def layout_of(self, node: fx.Node, arg: Any) -> _Layout:
         layout = self.layouts.get(arg) if isinstance(arg, fx.Node) else None
         if not isinstance(layout, _Layout):
             raise self.unsupported(node, "reads a tensor with no known channel layout")
-        return layout
+        return self.canonical(layout)
+
+    def refine(self, layout: _Layout, bounds: set[int]) -> _Layout:
+        """Split ``layout``'s spaces so that every channel position in ``bounds`` starts one."""
+        start = 0
+        for sid, n in self.canonical(layout).segments:
+            for cut in sorted(b - start for b in bounds if start < b < start + n):
+                for part, length in self.spaces.parts(sid):  # the part holding ``cut``
+                    if cut < length:
+                        self.spaces.split_at(part, cut)
+                        break
+                    cut -= length
+            start += n
+        return self.canonical(layout)
 
     def slots_on(self, layout: _Layout, key: str, axis: int, consumer: str | None = None) -> None:
         """Attach ``key``'s axis to every segment of ``layout``."""
         offset = 0
-        for sid, n in layout.segments:
+        for sid, n in self.canonical(layout).segments:
             root = self.spaces.find(sid)
             self.spaces.slots[root].append(Slot(key, axis, offset * layout.inner, layout.inner))
             if consumer is not None:
@@ -376,8 +422,14 @@ class _Analyser:
             offset += n
 
     def unite(self, node: fx.Node, a: _Layout, b: _Layout) -> _Layout:
-        """Channel-wise union of two layouts of the same structure."""
+        """Channel-wise union of two layouts with the same channel count (spaces are split
+        where their segment boundaries differ, e.g. a conv output added to a concatenation)."""
+        a, b = self.canonical(a), self.canonical(b)
         la, lb = [n for _, n in a.segments], [n for _, n in b.segments]
+        if la != lb and sum(la) == sum(lb) and a.inner == b.inner:
+            bounds = set(itertools.accumulate(la)) | set(itertools.accumulate(lb))
+            a, b = self.refine(a, bounds), self.refine(b, bounds)
+            la, lb = [n for _, n in a.segments], [n for _, n in b.segments]
         if la != lb or a.inner != b.inner:
             raise self.unsupported(
                 node,
@@ -405,8 +457,8 @@ class _Analyser:
                 for arg in _flat_nodes(node.args):
                     layout = self.layouts.get(arg)
                     if isinstance(layout, _Layout):
-                        for sid, _ in layout.segments:
-                            self.spaces.fixed[self.spaces.find(sid)] = True
+                        for sid, _ in self.canonical(layout).segments:
+                            self.spaces.fixed[sid] = True
             elif node.op == "get_attr":
                 self.layouts[node] = _CONST
             elif "tensor_meta" not in node.meta:
@@ -508,7 +560,7 @@ class _Analyser:
         for a in args[:2]:
             layout = self.layouts.get(a) if isinstance(a, fx.Node) else None
             if isinstance(layout, _Layout):
-                tensors.append((a, layout))
+                tensors.append((a, self.canonical(layout)))
             elif layout is _CONST:
                 shape = self.shape(a) or ()
                 if math.prod(shape) > 1:
@@ -573,22 +625,23 @@ class _Analyser:
 
     def groups(self) -> list[PermGroup]:
         sp = self.spaces
-        roots = sorted({sp.find(s) for s in range(len(sp.parent))})
+        roots = {sp.find(s) for s in range(len(sp.parent))} - set(sp.split)
         nodes: dict[int, list[str]] = {r: [] for r in roots}
-        for node, layout in self.layouts.items():
-            if (
-                isinstance(layout, _Layout)
-                and len(layout.segments) == 1
-                and layout.inner == 1
-                and node.op != "placeholder"
-            ):
-                shape = self.shape(node)
-                root = sp.find(layout.segments[0][0])
-                if shape is not None and len(shape) >= 2 and shape[1] == sp.size[root]:
-                    nodes[root].append(node.name)
-        out = []
-        for r in roots:
-            if sp.fixed[r] or not nodes[r]:
+        first: dict[int, int] = {}
+        for position, (node, layout) in enumerate(self.layouts.items()):
+            if not isinstance(layout, _Layout) or node.op == "placeholder":
+                continue
+            layout = self.canonical(layout)
+            shape = self.shape(node)
+            if len(layout.segments) != 1 or layout.inner != 1 or shape is None or len(shape) < 2:
+                continue
+            root, size = layout.segments[0]
+            if shape[1] == size:
+                nodes[root].append(node.name)
+                first.setdefault(root, position)
+        out: list[PermGroup] = []
+        for r in sorted(first, key=first.__getitem__):  # topological order of first appearance
+            if sp.fixed[r]:
                 continue
             creators = self.topological(sp.creators[r])
             if len(creators) <= 3:
@@ -606,6 +659,10 @@ class _Analyser:
                     nodes=nodes[r],
                 )
             )
+        names = [g.name for g in out]
+        for i, (g, name) in enumerate(zip(out, names, strict=True)):
+            if names.count(name) > 1:  # parts of a split space share their creators: number them
+                g.name = f"{name}#{names[:i].count(name)}"
         return out
 
 

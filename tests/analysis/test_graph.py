@@ -495,6 +495,133 @@ def test_functional_ops_permutation_and_twin(seed: int) -> None:
     assert rel_err(output(twin, x), output(model, x.flip(-1))) <= TOL
 
 
+# --------------------------------------------------------------------------- random nets
+
+
+class _Block(nn.Module):
+    """One block of a random CNN on ``c`` channels; ``out`` is its output channel count."""
+
+    def __init__(self, kind: str, c: int, width: int) -> None:
+        super().__init__()
+        self.kind, self.out = kind, c
+        if kind == "conv":
+            self.out = width
+            self.body = nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width))
+        elif kind == "res":
+            self.body = nn.Sequential(
+                nn.Conv2d(c, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.Conv2d(width, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+            )
+        elif kind == "se":
+            self.body = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(c, width, 1),
+                nn.ReLU(),
+                nn.Conv2d(width, c, 1),
+                nn.Sigmoid(),
+            )
+        elif kind == "dw":
+            self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c))
+        elif kind == "cat":
+            self.out = c + width
+            self.body = nn.Conv2d(c, width, 1)
+        else:  # "pool"
+            self.body = nn.MaxPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind in ("conv", "dw"):
+            return F.hardswish(self.body(x))
+        if self.kind == "res":
+            return F.relu(x + self.body(x))
+        if self.kind == "se":
+            return x * self.body(x)
+        if self.kind == "cat":
+            return torch.cat([x, self.body(x)], dim=1)
+        return self.body(x)
+
+
+class _RandomNet(nn.Module):
+    def __init__(self, kinds: list[str], widths: list[int], spatial_head: bool) -> None:
+        super().__init__()
+        c, blocks = 3, []
+        for kind, width in zip(kinds, widths, strict=True):
+            blocks.append(_Block(kind, c, width))
+            c = blocks[-1].out
+        self.blocks = nn.ModuleList(blocks)
+        self.spatial_head = spatial_head
+        size = 8 // 2 ** kinds.count("pool")
+        self.head = nn.Linear(c * size * size if spatial_head else c, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        if not self.spatial_head:
+            x = x.mean((2, 3))
+        return self.head(torch.flatten(x, 1))
+
+
+@st.composite
+def random_nets(draw: st.DrawFn) -> _RandomNet:
+    n = draw(st.integers(1, 6))
+    first = draw(st.sampled_from(["conv", "cat"]))  # the image channels are fixed: start wide
+    rest = draw(st.lists(st.sampled_from(["conv", "res", "se", "dw", "cat", "pool"]), min_size=n))
+    kinds = [first, *rest][: n + 1]
+    while kinds.count("pool") > 2:
+        kinds.remove("pool")
+    widths = draw(st.lists(st.integers(2, 5), min_size=len(kinds), max_size=len(kinds)))
+    return _RandomNet(kinds, widths, draw(st.booleans()))
+
+
+@settings(max_examples=15)
+@given(net=random_nets(), seed=st.integers(0, 2**31 - 1))
+def test_random_nets(net: _RandomNet, seed: int) -> None:
+    """Any composition of conv, residual, squeeze-excitation, depthwise, concatenation and
+    pooling blocks: permuting the groups keeps the function; the twin is exact at 8×8."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = net.double()
+    _randomise_batchnorm(model, torch.randn(4, 3, 8, 8, generator=generator).double(), generator)
+    x = torch.randn(2, 3, 8, 8, generator=generator, dtype=torch.float64)
+    graph = analyse_graph(model, x)
+    ref = output(model, x)
+    perms = random_permutations(graph, generator)
+    assert rel_err(output(permute_model(model, graph, perms), x), ref) <= TOL
+    assert rel_err(output(flipped_twin(model, graph), x), output(model, x.flip(-1))) <= TOL
+    convs = sum(isinstance(m, nn.Conv2d) and m.groups == 1 for m in model.modules())
+    assert len(graph.groups) <= convs  # every group has a creator; none is the image's
+    _, acts = ActivationProbe(model, graph)(x)
+    assert [a.shape[1] for a in acts.values()] == [g.size for g in graph.groups]
+
+
+def test_a_residual_over_a_concatenation_splits_the_conv_output() -> None:
+    """cat([image, conv(image)]) + res(…): the residual conv's first 3 outputs join the fixed
+    image channels, its last 2 the concatenated conv's group."""
+    torch.manual_seed(0)
+    model = _RandomNet(["cat", "res", "conv", "cat", "res"], [2, 3, 4, 2, 3], False).double()
+    generator = torch.Generator().manual_seed(1)
+    _randomise_batchnorm(model, torch.randn(4, 3, 8, 8, generator=generator).double(), generator)
+    x = torch.randn(2, 3, 8, 8, generator=generator, dtype=torch.float64)
+    graph = analyse_graph(model, x)
+    names = [g.name for g in graph.groups]
+    assert names[:2] == ["blocks.0.body+blocks.1.body.3", "blocks.1.body.0"]
+    joined = graph.groups[0]
+    assert joined.size == 2
+    assert Slot("blocks.1.body.3.weight", 0, 3) in joined.slots
+    assert Slot("blocks.1.body.4.running_mean", 0, 3) in joined.slots
+    assert Slot("blocks.1.body.0.weight", 1, 3) in joined.slots
+    assert not any(s.offset == 0 and s.key.startswith("blocks.1.body.3") for s in joined.slots)
+    # blocks 3-4: cat([conv (4), conv (2)]) + res: the res conv (4 outputs) splits into 4 + 2
+    assert [g.size for g in graph.groups if "blocks.4.body.3" in g.producers] == [4, 2]
+    ref = output(model, x)
+    perms = random_permutations(graph, generator)
+    assert rel_err(output(permute_model(model, graph, perms), x), ref) <= TOL
+    for slot, y in _outputs_without_each_slot(model, joined.slots, torch.tensor([1, 0]), x):
+        assert rel_err(y, ref) > 1e-6, slot
+
+
 # --------------------------------------------------------------------------- 5. unsupported
 
 
