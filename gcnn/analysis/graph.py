@@ -6,12 +6,14 @@ the input axis of every layer that reads them; all the tensors added into one re
 a squeeze-excitation gate and the features it scales. :func:`analyse_graph` finds them
 automatically with ``torch.fx``: it traces the model, propagates shapes, gives every tensor a
 *channel layout* (a list of segments, each a slice of one channel space) and merges spaces
-with union-find wherever two tensors must carry the same channels (``+``, ``*``). Each group
-lists its :class:`Slot` s, every state-dict tensor axis the permutation acts on, so
-:func:`permute_model` needs nothing but the state dict.
+with union-find wherever two tensors must carry the same channels (``+``, ``*``). When a tensor
+on one space meets a concatenation (``conv(x) + cat([a, b])``), the space is split at the
+concatenation's boundaries first. Each group lists its :class:`Slot` s, every state-dict tensor
+axis the permutation acts on, so :func:`permute_model` needs nothing but the state dict.
 
 The graph input (image channels) and output (logits) are fixed: groups tied to them are not
-permutable and not listed.
+permutable and not listed. Neither are groups that no tensor carries on its own (possible only
+after splits); their channels are simply left in place.
 
 The *flipped twin* (:func:`flipped_twin`) mirrors every conv filter along the width and the
 input columns of every spatially mixing linear layer. At an input size where the flip commutes
@@ -79,7 +81,8 @@ class PermGroup:
 
     ``name``: the producing module (``"features.0"``) when one conv/linear creates the channels,
     else the creators joined by ``+`` (``"conv1+layer1.0.conv2+layer1.1.conv2"`` for a residual
-    stream; with more than three creators the middle ones are elided as ``…``).
+    stream; with more than three creators the middle ones are elided as ``…``; parts of a split
+    space that would share a name get ``#0``, ``#1``, … appended).
     ``slots``: every tensor axis the permutation acts on (producers' outputs and consumers'
     inputs). ``probe``: the fx node whose output ``(B, size, *spatial)`` or ``(B, size)`` is
     the last one in topological order that carries exactly this group's channels in order.
@@ -115,8 +118,13 @@ class ModelGraph:
         raise KeyError(f"no group {name!r}; groups: {[g.name for g in self.groups]}")
 
     def group_of(self, module: str) -> PermGroup | None:
-        """The group whose producers include ``module`` (``None`` if its outputs are fixed)."""
+        """The first group whose producers include ``module`` (``None`` if its outputs are
+        fixed). A BatchNorm after a ``torch.cat`` belongs to several: see :meth:`groups_of`."""
         return next((g for g in self.groups if module in g.producers), None)
+
+    def groups_of(self, module: str) -> list[PermGroup]:
+        """Every group whose producers include ``module``, in topological order."""
+        return [g for g in self.groups if module in g.producers]
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -148,7 +156,7 @@ def _require_plain(model: nn.Module) -> None:
 def _trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = _Tracer().trace(model)
-    except Exception as err:  # noqa: BLE001 - fx raises many kinds of errors
+    except Exception as err:  # fx raises many kinds of errors
         raise UnsupportedGraphError(f"torch.fx cannot trace {type(model).__name__}: {err}") from err
     name = type(model).__name__
     return fx.GraphModule(model, graph, name)
