@@ -126,6 +126,11 @@ class ModelGraph:
         """Every group whose producers include ``module``, in topological order."""
         return [g for g in self.groups if module in g.producers]
 
+    def slots_of(self, key: str) -> list[tuple[PermGroup, Slot]]:
+        """Every ``(group, slot)`` acting on the state-dict tensor ``key`` (e.g. a conv weight:
+        its output group on axis 0, its input group(s) on axis 1), for weight matching."""
+        return [(g, s) for g in self.groups for s in g.slots if s.key == key]
+
     def __len__(self) -> int:
         return len(self.groups)
 

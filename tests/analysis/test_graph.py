@@ -263,6 +263,13 @@ def test_vgg11_has_one_group_per_conv() -> None:
         assert g.producers == [conv, f"features.{i + 1}"]  # conv and its BatchNorm
     assert graph.spatial_linears == {}
     assert graph.groups[-1].probe == "flatten"  # last value carrying the group: (B, 128)
+    assert [(g.name, s.axis) for g, s in graph.slots_of("features.4.weight")] == [
+        ("features.0", 1),
+        ("features.4", 0),
+    ]
+    assert [(g.name, s.axis) for g, s in graph.slots_of("classifier.weight")] == [
+        ("features.25", 1)
+    ]
 
 
 def test_tv_vgg11_bn_groups_and_spatial_linear() -> None:
