@@ -115,7 +115,7 @@ def _randomise_batchnorm(model: nn.Module, x: Tensor, generator: torch.Generator
 
 
 @cache
-def setup(name: str) -> tuple[nn.Module, ModelGraph, Tensor]:
+def build(name: str) -> tuple[nn.Module, ModelGraph, Tensor]:
     """(float64 eval model, its graph, input (2, 3, W, W)) for architecture ``name``."""
     builder, width = ARCHS[name]
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def setup(name: str) -> tuple[nn.Module, ModelGraph, Tensor]:
 
 @cache
 def reference_output(name: str) -> Tensor:
-    model, _, x = setup(name)
+    model, _, x = build(name)
     with torch.no_grad():
         return model(x)
 
@@ -150,7 +150,7 @@ def output(model: nn.Module, x: Tensor) -> Tensor:
 @settings(max_examples=2)
 @given(seed=st.integers(0, 2**31 - 1), subset=st.booleans())
 def test_permuting_groups_keeps_the_function(name: str, seed: int, subset: bool) -> None:
-    model, graph, x = setup(name)
+    model, graph, x = build(name)
     generator = torch.Generator().manual_seed(seed)
     perms = random_permutations(graph, generator)
     if subset:  # a random half of the groups: groups are independent of each other
@@ -162,7 +162,7 @@ def test_permuting_groups_keeps_the_function(name: str, seed: int, subset: bool)
 
 def test_permute_model_copies() -> None:
     """The caller's model is untouched; the copy's weights did change."""
-    model, graph, x = setup("resnet18")
+    model, graph, x = build("resnet18")
     before = copy.deepcopy(model.state_dict())
     permuted = permute_model(model, graph, random_permutations(graph))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -174,7 +174,7 @@ def test_permute_model_copies() -> None:
 @given(seed=st.integers(0, 2**31 - 1))
 def test_permutations_compose_and_invert(seed: int) -> None:
     """new[i] = old[p[i]]: permuting by p then q is permuting by p[q]; p then p⁻¹ is identity."""
-    model, graph, _ = setup("vgg11")
+    model, graph, _ = build("vgg11")
     generator = torch.Generator().manual_seed(seed)
     p, q = random_permutations(graph, generator), random_permutations(graph, generator)
     twice = permute_model(permute_model(model, graph, p), graph, q)
@@ -188,7 +188,7 @@ def test_permutations_compose_and_invert(seed: int) -> None:
 
 
 def test_permute_model_rejects_bad_permutations() -> None:
-    model, graph, _ = setup("vgg11")
+    model, graph, _ = build("vgg11")
     first = graph.groups[0]
     with pytest.raises(KeyError, match="unknown groups"):
         permute_model(model, graph, {"nope": torch.arange(3)})
@@ -233,7 +233,7 @@ def _outputs_without_each_slot(
 def test_every_slot_of_a_group_is_needed(name: str) -> None:
     """Leaving out any one slot of a middle group changes the outputs: slots are minimal, and
     the invariance test above can fail."""
-    model, graph, x = setup(name)
+    model, graph, x = build(name)
     x, ref = x[:1], reference_output(name)[:1]  # eval mode: one image is enough
     group = graph.groups[len(graph.groups) // 2]
     perm = torch.randperm(group.size, generator=torch.Generator().manual_seed(3))
@@ -253,10 +253,10 @@ def _streams(graph: ModelGraph) -> list[PermGroup]:
 
 
 def test_vgg11_has_one_group_per_conv() -> None:
-    _, graph, _ = setup("vgg11")
+    _, graph, _ = build("vgg11")
     widths = [16, 32, 64, 64, 128, 128, 128, 128]  # 64,128,256,256,512,512,512,512 × 0.25
     assert [g.size for g in graph.groups] == widths
-    convs = [n for n, m in setup("vgg11")[0].named_modules() if isinstance(m, nn.Conv2d)]
+    convs = [n for n, m in build("vgg11")[0].named_modules() if isinstance(m, nn.Conv2d)]
     assert [g.name for g in graph.groups] == convs
     for g, conv in zip(graph.groups, convs, strict=True):
         i = int(conv.split(".")[1])
@@ -273,7 +273,7 @@ def test_vgg11_has_one_group_per_conv() -> None:
 
 
 def test_tv_vgg11_bn_groups_and_spatial_linear() -> None:
-    _, graph, _ = setup("tv_vgg11_bn")
+    _, graph, _ = build("tv_vgg11_bn")
     assert [g.size for g in graph.groups] == [64, 128, 256, 256, 512, 512, 512, 512, 64, 64]
     assert graph.spatial_linears == {"classifier.0": (512, 7, 7)}
     last_conv = graph.groups[7]
@@ -291,7 +291,7 @@ def test_tv_vgg11_bn_groups_and_spatial_linear() -> None:
 def test_resnet_has_one_stream_group_per_stage(
     name: str, blocks: tuple[int, ...], widths: tuple[int, ...], expansion: int
 ) -> None:
-    model, graph, _ = setup(name)
+    model, graph, _ = build(name)
     streams = _streams(graph)
     assert [g.size for g in streams] == [w * expansion for w in widths]
     inner_per_block = 1 if expansion == 1 else 2  # conv1 (and conv2 for bottlenecks)
@@ -311,7 +311,7 @@ def test_resnet_has_one_stream_group_per_stage(
 
 
 def test_resnet50_flip_export_has_the_resnet50_groups() -> None:
-    a, b = setup("resnet50")[1], setup("resnet50_flip")[1]
+    a, b = build("resnet50")[1], build("resnet50_flip")[1]
     assert [(g.name, g.size, g.slots) for g in a.groups] == [
         (g.name, g.size, g.slots) for g in b.groups
     ]
@@ -319,7 +319,7 @@ def test_resnet50_flip_export_has_the_resnet50_groups() -> None:
 
 
 def test_mobilenet_v2_depthwise_conv_shares_its_input_group() -> None:
-    model, graph, _ = setup("mobilenet_v2")
+    model, graph, _ = build("mobilenet_v2")
     assert len(graph.groups) == 25  # stem, 16 expansions, 7 stage streams, last conv
     assert [g.size for g in _streams(graph)] == [24, 32, 64, 96, 160]  # stages with residuals
     for i in range(2, 18):
@@ -332,7 +332,7 @@ def test_mobilenet_v2_depthwise_conv_shares_its_input_group() -> None:
 
 
 def test_efficientnet_b0_squeeze_excitation_groups() -> None:
-    model, graph, _ = setup("efficientnet_b0")
+    model, graph, _ = build("efficientnet_b0")
     assert len(graph.groups) == 40  # stem, 15 expansions, 16 SE squeezes, 7 stages, head
     se = [n for n, m in model.named_modules() if type(m).__name__ == "SqueezeExcitation"]
     assert len(se) == 16
@@ -348,14 +348,14 @@ def test_efficientnet_b0_squeeze_excitation_groups() -> None:
 
 
 def test_mobilenet_v3_small_group_count() -> None:
-    _, graph, _ = setup("mobilenet_v3_small")
+    _, graph, _ = build("mobilenet_v3_small")
     # stem 1 + expansions 10 + SE squeezes 9 + streams 5 + last conv + classifier hidden
     assert len(graph.groups) == 27
     assert graph.groups[-1].size == 1024 and graph.groups[-1].producers == ["classifier.0"]
 
 
 def test_densenet_concatenation_offsets() -> None:
-    _, graph, _ = setup("densenet_small")
+    _, graph, _ = build("densenet_small")
     # conv0, per dense layer a bottleneck and a growth group, the transition conv
     assert [g.size for g in graph.groups] == [16, 16, 8, 16, 8, 16, 16, 8, 16, 8]
     block1 = ["features.conv0", *(f"features.denseblock1.denselayer{i}.conv2" for i in (1, 2))]
@@ -371,7 +371,7 @@ def test_densenet_concatenation_offsets() -> None:
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_groups_are_consistent(name: str) -> None:
     """Names unique, probes carry the group, no slot in two groups, first conv input fixed."""
-    model, graph, _ = setup(name)
+    model, graph, _ = build(name)
     names = [g.name for g in graph.groups]
     assert len(set(names)) == len(names)
     state = model.state_dict()
@@ -394,7 +394,7 @@ def test_groups_are_consistent(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_twin_is_the_model_on_mirrored_images(name: str) -> None:
-    model, graph, x = setup(name)
+    model, graph, x = build(name)
     assert gcnn.flip_exactness(model, x.shape[-1], search=0).exact
     twin = flipped_twin(model, graph)
     assert rel_err(output(twin, x), output(model, x.flip(-1))) <= TOL
@@ -402,13 +402,13 @@ def test_twin_is_the_model_on_mirrored_images(name: str) -> None:
 
 
 def test_twin_without_mirrored_linear_columns_fails_for_vgg11_bn() -> None:
-    model, graph, x = setup("tv_vgg11_bn")
+    model, graph, x = build("tv_vgg11_bn")
     twin = flipped_twin(model, graph, mirror_linears=False)
     assert rel_err(output(twin, x), output(model, x.flip(-1))) > 1e-3
 
 
 def test_twin_at_an_inexact_size_is_far_off() -> None:
-    model, graph, _ = setup("resnet18")
+    model, graph, _ = build("resnet18")
     report = gcnn.flip_exactness(model, 64, search=0)
     assert not report.exact
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)).double()
@@ -417,7 +417,7 @@ def test_twin_at_an_inexact_size_is_far_off() -> None:
 
 
 def test_twin_builds_its_own_graph_and_leaves_the_model_alone() -> None:
-    model, graph, x = setup("tv_vgg11_bn")
+    model, graph, x = build("tv_vgg11_bn")
     before = copy.deepcopy(model.state_dict())
     twin = flipped_twin(model, example_input=x)
     assert rel_err(output(twin, x), output(model, x.flip(-1))) <= TOL
@@ -685,7 +685,7 @@ def test_unsupported_graphs_name_the_op(module: nn.Module, pattern: str) -> None
 
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_activation_probe_returns_every_group(name: str) -> None:
-    model, graph, x = setup(name)
+    model, graph, x = build(name)
     probe = ActivationProbe(model, graph)
     with torch.no_grad():
         out, acts = probe(x)
@@ -703,7 +703,7 @@ def test_activation_probe_returns_every_group(name: str) -> None:
 
 def test_activation_probe_can_tap_earlier_nodes() -> None:
     """An overridden probe before an in-place ReLU still sees the pre-ReLU values."""
-    model, graph, x = setup("resnet18")
+    model, graph, x = build("resnet18")
     group = graph.group("layer1.0.conv1")
     assert group.nodes[:2] == ["layer1_0_conv1", "layer1_0_bn1"]  # then an in-place ReLU
     probe = ActivationProbe(model, graph, probes={group.name: group.nodes[1]})
@@ -719,7 +719,7 @@ def test_activation_probe_can_tap_earlier_nodes() -> None:
 
 
 def test_activation_probe_on_the_twin_sees_mirrored_maps() -> None:
-    model, graph, x = setup("resnet18")
+    model, graph, x = build("resnet18")
     with torch.no_grad():
         _, acts = ActivationProbe(model, graph)(x.flip(-1))
         _, twin_acts = ActivationProbe(flipped_twin(model, graph), graph)(x)
