@@ -12,17 +12,17 @@ import sys
 from collections.abc import Sequence
 
 import gcnn
+from gcnn.commands import UsageError
+
+__all__ = ["UsageError", "build_parser", "main"]
 
 #: Modules that each define ``add_parser(subparsers)``; the parser's ``func(args) -> int`` runs it.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "gcnn.commands.check",
     "gcnn.commands.demo",
     "gcnn.commands.exactness",
     "gcnn.commands.train",
 )
-
-
-class UsageError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

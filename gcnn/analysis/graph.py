@@ -719,6 +719,13 @@ def _permutation_index(length: int, perm: Tensor, slot: Slot) -> Tensor:
     return index
 
 
+def permute_slot(tensor: Tensor, slot: Slot, perm: Tensor) -> Tensor:
+    """``tensor`` with the entries of ``slot`` along ``slot.axis`` reordered: new channel ``i``
+    = old channel ``perm[i]`` (a new tensor; ``tensor`` is untouched)."""
+    index = _permutation_index(tensor.shape[slot.axis], perm.long().cpu(), slot)
+    return tensor.index_select(slot.axis, index.to(tensor.device))
+
+
 def _check_perm(perm: Tensor, group: PermGroup) -> Tensor:
     perm = torch.as_tensor(perm).long().cpu()
     if perm.shape != (group.size,) or not torch.equal(perm.sort().values, torch.arange(group.size)):
@@ -750,9 +757,7 @@ def permute_model(model: nn.Module, graph: ModelGraph, perms: Mapping[str, Tenso
             group = groups[name]
             perm = _check_perm(perm, group)
             for slot in group.slots:
-                t = state[slot.key]
-                index = _permutation_index(t.shape[slot.axis], perm, slot).to(t.device)
-                t.copy_(t.index_select(slot.axis, index))
+                state[slot.key].copy_(permute_slot(state[slot.key], slot, perm))
     return out
 
 

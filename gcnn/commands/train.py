@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from gcnn.cli import UsageError
+from gcnn.commands import UsageError
 from gcnn.data.datasets import DATASETS, load_dataset
 from gcnn.models import get_builder
 from gcnn.train.config import REGIMES, TrainConfig
