@@ -99,6 +99,27 @@ def validate_alphas(alphas: Sequence[float]) -> list[float]:
     return grid
 
 
+def spatial_probes(graph: ModelGraph) -> dict[str, str]:
+    """Per group, the last node carrying its channels on a map at least 2 pixels wide.
+
+    The default probe of the last group before a global-pool head is the pooled ``(B, C)``
+    vector (or a 1×1 map), which is flip-invariant for *any* net, so it cannot tell mirror
+    pairs from invariant channels; a map before pooling can.
+    """
+    nodes = {n.name: n for n in graph.graph_module.graph.nodes}
+
+    def wide(name: str) -> bool:
+        shape = getattr(nodes[name].meta.get("tensor_meta"), "shape", ())
+        return len(shape) >= 3 and shape[-1] > 1
+
+    out = {}
+    for group in graph.groups:
+        spatial = [name for name in group.nodes if wide(name)]
+        if spatial and spatial[-1] != group.probe:
+            out[group.name] = spatial[-1]
+    return out
+
+
 def _weight_keys(graph: ModelGraph) -> dict[str, list[str]]:
     """Per group, the conv/linear weights that produce its channels (axis 0, ≥ 2-D)."""
     state = graph.graph_module.state_dict()
@@ -238,7 +259,7 @@ def check_flip_symmetry(
     size = tuple(first.shape[-2:])
     exactness = flip_exactness(model, size)
     graph = analyse_graph(model, first)
-    probe = probe_function(ActivationProbe(model, graph))
+    probe = probe_function(ActivationProbe(model, graph, spatial_probes(graph)))
     clock["graph"] = time.perf_counter() - start
 
     t = time.perf_counter()

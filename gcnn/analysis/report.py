@@ -151,8 +151,11 @@ def plot(report: CheckReport, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
     fixed = [la.fixed_points for la in report.layers]
     paired = [2 * la.two_cycles for la in report.layers]
+    longer = [la.channels - f - p for la, f, p in zip(report.layers, fixed, paired, strict=True)]
     ax.bar(x, fixed, label="fixed points (invariant)")
-    ax.bar(x, paired, bottom=fixed, label="channels in 2-cycles")
+    ax.bar(x, paired, bottom=fixed, label="channels in 2-cycles (mirror pairs)")
+    ax.bar(x, longer, bottom=[f + p for f, p in zip(fixed, paired, strict=True)],
+           color="lightgrey", label="channels in longer cycles")  # fmt: skip
     ax.set_xticks(list(x), names, rotation=90, fontsize=6)
     ax.set(ylabel="channels", title="structure of the matched permutations")
     ax.legend()
