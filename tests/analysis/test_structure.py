@@ -7,9 +7,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import gcnn
 from gcnn.analysis.structure import (
     PermutationStructure,
     cycles,
+    filter_symmetry,
     mean_kernel_symmetry,
     pairing_permutation,
     symmetric_energy_share,
@@ -54,3 +56,16 @@ def test_filter_symmetry_scores() -> None:
     # random 3×3 filters: 6 of 9 dimensions are symmetric, so the expected share is 2/3
     many = torch.randn(512, 64, 3, 3, dtype=torch.float64)
     assert symmetric_energy_share(many) == pytest.approx(2 / 3, abs=0.01)
+
+
+def test_mean_kernel_of_a_gcnn_layer_is_mirror_symmetric() -> None:
+    """A flip conv's filters come in mirror pairs, so the layer's mean kernel is symmetric;
+    a plain conv's is not (the negative control)."""
+    torch.manual_seed(0)
+    flip = gcnn.vgg11_flip(width=0.25).export()
+    plain = gcnn.vgg11(width=0.25)
+    flip_scores = {f.name: f.mean_kernel_symmetry for f in filter_symmetry(flip)}
+    plain_scores = {f.name: f.mean_kernel_symmetry for f in filter_symmetry(plain)}
+    assert len(flip_scores) == 8
+    assert all(s == pytest.approx(1.0, abs=1e-12) for s in flip_scores.values())
+    assert all(s < 0.99 for s in plain_scores.values())
