@@ -314,7 +314,8 @@ def set_conv_free_weight(
     block = _single_block(conv)
     dim = block.sampled_basis.shape[0]
     rows = free.detach().reshape(-1, dim)  # (n_out·n_in, dim): block (p, q) is row p·n_in + q
-    conv.weights.copy_((rows @ _pinv(block, full=False).to(rows)).reshape(-1))
+    coeffs = rows.double() @ _pinv(block, full=False).to(rows.device)  # float64, then rounded
+    conv.weights.copy_(coeffs.reshape(-1))
     if bias is not None:
         _set_bias(conv, bias)
     if not check:
