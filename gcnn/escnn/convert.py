@@ -15,6 +15,7 @@ stay the same; the model's class is swapped for the registered counterpart class
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 
 from torch import nn
@@ -27,13 +28,13 @@ ESCNN_CLASS_OF: dict[type[nn.Module], type[nn.Module]] = {}
 _ESCNN_LAYERS = (EscnnConv2d, EscnnBatchNorm2d, EscnnInvariantLinear, EscnnPointwise)
 
 
-def _to_escnn(module: nn.Module) -> nn.Module | None:
+def _to_escnn(module: nn.Module, check: bool = True) -> nn.Module | None:
     if isinstance(module, FlipConv2d):
-        return EscnnConv2d.from_flip(module)
+        return EscnnConv2d.from_flip(module, check=check)
     if isinstance(module, FlipBatchNorm2d):
         return EscnnBatchNorm2d.from_flip(module)
     if isinstance(module, InvariantLinear):
-        return EscnnInvariantLinear.from_flip(module)
+        return EscnnInvariantLinear.from_flip(module, check=check)
     if isinstance(module, nn.ReLU | nn.MaxPool2d | nn.AdaptiveAvgPool2d):
         return EscnnPointwise.from_module(module)
     if isinstance(module, nn.Conv2d | nn.BatchNorm2d | nn.Linear):
@@ -57,19 +58,21 @@ def _swap_children(module: nn.Module, convert: Callable[[nn.Module], nn.Module |
             setattr(module, name, new)
 
 
-def flip_to_escnn(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+def flip_to_escnn(model: nn.Module, *, inplace: bool = False, check: bool = True) -> nn.Module:
     """The escnn-built twin of a hand-written flip model: same names, identical outputs.
 
     ``gcnn.vgg11_flip(...)`` gives an :class:`~gcnn.escnn.EscnnVGG`, ``gcnn.resnet50_flip(...)``
     an :class:`~gcnn.escnn.EscnnResNet`; a single flip layer or any other container is converted
     layer by layer. The caller's model and its train/eval mode are untouched, unless
-    ``inplace`` (which converts ``model`` itself, saving a copy).
+    ``inplace`` (which converts ``model`` itself, saving a copy). With ``check``, every layer
+    records the residual of its change of basis (see :func:`max_projection_error`).
     """
-    converted = _to_escnn(model)
+    convert = functools.partial(_to_escnn, check=check)
+    converted = convert(model)
     if converted is not None:
         return converted
     out = model if inplace else copy.deepcopy(model)
-    _swap_children(out, _to_escnn)
+    _swap_children(out, convert)
     escnn_class = ESCNN_CLASS_OF.get(type(model))
     if escnn_class is not None:
         out.__class__ = escnn_class

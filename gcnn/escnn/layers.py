@@ -177,6 +177,18 @@ def _symmetrize(basis: Tensor, kernel_size: int) -> None:
     basis.copy_((basis + _mirror(basis, kernel_size)) / 2)
 
 
+def _prototype(block: nn.Module, kernel_size: int) -> nn.Module:
+    """A symmetrized copy of escnn's shared ``block``, with its pseudo-inverses, made once and
+    kept on the block; every layer gets its own deep copy of it."""
+    proto = getattr(block, "_gcnn_prototype", None)
+    if proto is None:
+        proto = copy.deepcopy(block)
+        _symmetrize(proto.sampled_basis, kernel_size)
+        _pinv(proto, full=True), _pinv(proto, full=False)
+        block._gcnn_prototype = proto
+    return proto
+
+
 class FullBasisR2Conv(enn.R2Conv):
     r"""An ``R2Conv`` whose state dict is the same in train and eval mode.
 
@@ -193,9 +205,7 @@ class FullBasisR2Conv(enn.R2Conv):
         # layer; own a copy, so that module-tree tools (functional_call, meta tracing in
         # gcnn.exactness, to()) never see one buffer under several names.
         for name, block in list(self.basisexpansion.named_children()):
-            block = copy.deepcopy(block)
-            _symmetrize(block.sampled_basis, self.kernel_size)
-            setattr(self.basisexpansion, name, block)
+            setattr(self.basisexpansion, name, copy.deepcopy(_prototype(block, self.kernel_size)))
         self.train(self.training)
 
     def _mark_derived(self) -> None:

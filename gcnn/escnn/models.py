@@ -63,7 +63,7 @@ def _vgg11_flip_escnn(
     flip = vgg11_flip(
         num_classes=num_classes, in_channels=in_channels, width=width, batch_norm=batch_norm
     )
-    return flip_to_escnn(flip, inplace=True)  # type: ignore[return-value]
+    return flip_to_escnn(flip, inplace=True, check=False)  # type: ignore[return-value]
 
 
 def _resnet50_flip_escnn(*, num_classes: int = 1000, **kwargs: Any) -> EscnnResNet:
@@ -74,7 +74,7 @@ def _resnet50_flip_escnn(*, num_classes: int = 1000, **kwargs: Any) -> EscnnResN
     (33, 65, 225); ``export()`` is a torchvision ``ResNet``.
     """
     flip = resnet50_flip(num_classes=num_classes, **kwargs)
-    return flip_to_escnn(flip, inplace=True)  # type: ignore[return-value]
+    return flip_to_escnn(flip, inplace=True, check=False)  # type: ignore[return-value]
 
 
 vgg11_flip_escnn = with_weights(_vgg11_flip_escnn)
