@@ -5,7 +5,8 @@ twice: the first build also samples the kernel bases, the second is what every l
 the process costs. Throughput: for VGG11 (32×32) and ResNet50 (65×65, an exact size) the plain,
 hand-written flip and escnn models take training steps (forward, cross-entropy, backward, SGD)
 in turns, ``--repeats`` rounds of ``--steps`` steps each after warm-up, so machine load hits
-all three alike; median images/s and the ratios to plain are reported.
+all three alike; median images/s and the median over rounds of the within-round ratios are
+reported (on a shared machine the load changes between rounds more than within one).
 
     python benchmarks/bench_escnn.py --out benchmarks/results/escnn_cpu.json
 """
@@ -89,21 +90,26 @@ def throughput(arch: str, batch: int, steps: int, repeats: int) -> dict[str, obj
                 step()
             rates[key].append(batch * steps / (time.perf_counter() - start))
     median = {k: statistics.median(v) for k, v in rates.items()}
+
+    def ratio(a: str, b: str) -> float:  # median over rounds of the within-round ratio
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
     return {
         "input": [batch, 3, size, size],
         "img_per_s": median,
-        "escnn_over_plain": median["escnn"] / median["plain"],
-        "flip_over_plain": median["flip"] / median["plain"],
-        "escnn_over_flip": median["escnn"] / median["flip"],
+        "escnn_over_plain": ratio("escnn", "plain"),
+        "flip_over_plain": ratio("flip", "plain"),
+        "escnn_over_flip": ratio("escnn", "flip"),
         "all_img_per_s": rates,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for construction")
+    parser.add_argument("--step-threads", type=int, default=1, help="torch threads for steps")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch-vgg", type=int, default=32)
     parser.add_argument("--batch-resnet", type=int, default=8)
     parser.add_argument("--out", type=Path)
@@ -116,7 +122,8 @@ def main() -> None:
         "device": "cpu",
         "gpu": "none in this session",
         "cpu": platform.processor() or platform.machine(),
-        "threads": args.threads,
+        "threads_construction": args.threads,
+        "threads_training_step": args.step_threads,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -130,6 +137,7 @@ def main() -> None:
     for name in ("vgg11_flip_escnn", "resnet50_flip_escnn"):
         result["construction_s"][name] = construction_times(name, args.threads)
         print(name, result["construction_s"][name], flush=True)
+    torch.set_num_threads(args.step_threads)
     for arch, batch in (("vgg11", args.batch_vgg), ("resnet50", args.batch_resnet)):
         result["training_step"][arch] = throughput(arch, batch, args.steps, args.repeats)
         r = result["training_step"][arch]

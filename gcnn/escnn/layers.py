@@ -562,7 +562,9 @@ class EscnnBatchNorm2d(nn.Module):
         return getattr(self.bn, "batch_norm_[2]")
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn(enn.GeometricTensor(x, self.bn.in_type)).tensor
+        # InnerBatchNorm views the input as (B, C/2, 2, H, W): needs channels-first memory
+        # (a channels_last input, e.g. from gcnn train on CUDA, is copied).
+        return self.bn(enn.GeometricTensor(x.contiguous(), self.bn.in_type)).tensor
 
     @torch.no_grad()
     def _copy_to(self, bn: nn.modules.batchnorm._BatchNorm, repeat: int) -> None:

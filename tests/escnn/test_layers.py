@@ -116,3 +116,11 @@ def test_batchnorm_and_head_convert_exactly(train) -> None:
     assert_same_outputs(head, ehead.export(), v, rtol=1e-12)
     assert_same_outputs(head, ehead.to_flip(), v, rtol=1e-12)
     torch.testing.assert_close(ehead(v[:, [1, 0, 3, 2, 5, 4]]), ehead(v))  # pair swap: invariant
+
+
+def test_batchnorm_accepts_channels_last() -> None:
+    """gcnn train uses channels_last on CUDA; escnn's InnerBatchNorm needs a view."""
+    bn = EscnnBatchNorm2d(4)
+    x = torch.randn(2, 4, 3, 3)
+    y = bn(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(y, bn(x))
