@@ -124,3 +124,22 @@ def test_batchnorm_accepts_channels_last() -> None:
     x = torch.randn(2, 4, 3, 3)
     y = bn(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(y, bn(x))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_fast_paths_match_escnn(train) -> None:
+    """FullBasisR2Conv.expand_parameters and EscnnBatchNorm2d.forward skip escnn's transpose
+    and copy; they must compute exactly what escnn's own code computes."""
+    torch.manual_seed(0)
+    for conv in (EscnnConv2d(4, 6, 3), EscnnConv2d(3, 6, 7, in_type="trivial"),
+                 EscnnConv2d(6, 5, 3, out_type="trivial")):  # fmt: skip
+        nn.init.normal_(conv.conv.weights)
+        ours, theirs = conv.conv.expand_parameters(), enn.R2Conv.expand_parameters(conv.conv)
+        torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-6)  # float32 sums
+        torch.testing.assert_close(ours[1], theirs[1])
+    bn = EscnnBatchNorm2d(6).train(train)
+    with torch.no_grad():
+        bn.inner.weight.normal_(), bn.inner.running_var.uniform_(0.5, 2)
+    x = torch.randn(3, 6, 4, 4)
+    expected = bn.bn(enn.GeometricTensor(x, bn.bn.in_type)).tensor
+    torch.testing.assert_close(bn(x), expected)
