@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch-vgg", type=int, default=32)
     parser.add_argument("--batch-resnet", type=int, default=8)
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    parser.add_argument("--skip-construction", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -134,11 +136,12 @@ def main() -> None:
         "construction_s": {},
         "training_step": {},
     }
-    for name in ("vgg11_flip_escnn", "resnet50_flip_escnn"):
+    for name in () if args.skip_construction else ("vgg11_flip_escnn", "resnet50_flip_escnn"):
         result["construction_s"][name] = construction_times(name, args.threads)
         print(name, result["construction_s"][name], flush=True)
     torch.set_num_threads(args.step_threads)
-    for arch, batch in (("vgg11", args.batch_vgg), ("resnet50", args.batch_resnet)):
+    batches = {"vgg11": args.batch_vgg, "resnet50": args.batch_resnet}
+    for arch, batch in ((a, batches[a]) for a in args.archs):
         result["training_step"][arch] = throughput(arch, batch, args.steps, args.repeats)
         r = result["training_step"][arch]
         print(arch, r["img_per_s"], f"escnn/plain {r['escnn_over_plain']:.3f}",

@@ -224,20 +224,25 @@ class FullBasisR2Conv(enn.R2Conv):
     def expand_parameters(self) -> tuple[Tensor, Tensor | None]:
         r"""The filter ``(out, in, k, k)`` and bias ``(out,)``: escnn's expansion, faster.
 
-        Same linear map as escnn's ``BlocksBasisExpansion`` for one (in, out) block type:
-        ``W[p·o + a, q·i + c] = Σ_b w[p, q, b] B[b, a, c]``. escnn computes it as an einsum and
-        a transpose copy of the whole filter; here it is one matmul per output row ``a`` of a
-        field, written in place by a stack (no transpose), which keeps escnn's training step
-        close to the hand-written one. Tested against escnn's own expansion.
+        Same linear map as escnn's ``BlocksBasisExpansion`` for one (in, out) block type,
+        ``W[p·o + a, q·i + c] = Σ_b w[p, q, b] B[b, a, c]``, which escnn computes as an einsum
+        over both rows ``a`` of a regular output field and a transpose copy of the filter.
+        The (symmetrized) basis satisfies ``B[:, 1] = F S B[:, 0]`` exactly, so only row 0 is
+        expanded (one matmul) and row 1 is its mirror, as in :class:`gcnn.nn.FlipConv2d`.
+        Tested against escnn's own expansion.
         """
         basis = _single_block(self).sampled_basis  # (dim, o, i, S)
-        dim, o, i, s = basis.shape
+        dim, o, i, _ = basis.shape
         n_out, n_in = self.out_type.size // o, self.in_type.size // i
+        k = self.kernel_size
         coeffs = self.weights.view(n_out, n_in, dim)
-        rows = [
-            (coeffs @ basis[:, a].reshape(dim, i * s)).view(n_out, n_in * i, s) for a in range(o)
-        ]
-        weight = torch.stack(rows, dim=1).reshape(n_out * o, n_in * i, *(self.kernel_size,) * 2)
+        row0 = (coeffs @ basis[:, 0].reshape(dim, -1)).view(n_out, n_in * i, k, k)
+        if o == 1:
+            weight = row0
+        else:
+            swapped = row0 if i == 1 else row0.unflatten(1, (-1, 2)).flip(2).flatten(1, 2)
+            mirror = swapped.flip(-1)  # F S w
+            weight = torch.stack((row0, mirror), dim=1).flatten(0, 1)
         bias = None if self.bias is None else self.bias_expansion @ self.bias
         return weight, bias
 
