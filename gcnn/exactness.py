@@ -182,7 +182,12 @@ def _module_names(model: nn.Module) -> Iterator[list[str]]:
         stack.pop()
 
     handles = []
+    opaque: list[str] = []  # modules that report their ops as their own (e.g. escnn wrappers)
     for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in opaque):
+            continue
+        if getattr(module, "reports_as_leaf", False):
+            opaque.append(name)
         handles.append(module.register_forward_pre_hook(enter(name)))
         handles.append(module.register_forward_hook(leave))
     try:
@@ -206,7 +211,12 @@ def trace_window_ops(
 
     The trace runs in eval mode (each module's mode is restored afterwards).
     """
-    state = {name: t.to("meta") for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    # Integer buffers (counters, index tensors such as escnn's) are cloned, not made meta:
+    # code may read their values (slicing), and a clone keeps the model's own buffers unchanged.
+    state = {
+        name: t.to("meta") if t.is_floating_point() else t.clone()
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+    }
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     x = torch.empty(1, in_channels, *input_size, device="meta", dtype=dtype)
     token = _TRACING.set(True)

@@ -25,6 +25,10 @@ for _name, _builder in {
 }.items():
     register_model(_name, _builder)
 
+# escnn backend (optional extra): imported only when one of these is created.
+register_model("vgg11_flip_escnn", "gcnn.escnn:vgg11_flip_escnn")
+register_model("resnet50_flip_escnn", "gcnn.escnn:resnet50_flip_escnn")
+
 __all__ = [
     "VGG",
     "FlipResNet",
