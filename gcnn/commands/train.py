@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     g = p.add_argument_group("model and regime")
     g.add_argument("--arch", default=d.arch, help="any registered model (gcnn.list_models())")
-    g.add_argument("--regime", default=d.regime, choices=REGIMES)
+    g.add_argument("--regime", choices=REGIMES,
+                   help="default: gcnn for a flip architecture, else cnn")  # fmt: skip
     g.add_argument("--width", type=float, help="channel width multiplier (VGG)")
     g.add_argument("--arch-kwarg", type=_kwarg, action="append", default=[], metavar="K=V",
                    help="extra builder keyword (JSON value), repeatable")  # fmt: skip
@@ -97,8 +98,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for name in ("train_subset", "test_subset"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1")
+    regime = args.regime or ("gcnn" if "flip" in args.arch else "cnn")
     return TrainConfig(
-        arch=args.arch, regime=args.regime, data=args.data, data_root=args.data_root,
+        arch=args.arch, regime=regime, data=args.data, data_root=args.data_root,
         download=args.download, arch_kwargs=arch_kwargs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
         weight_decay=args.weight_decay, warmup=args.warmup, label_smoothing=args.label_smoothing,

@@ -47,3 +47,17 @@ def test_missing_fashion_mnist_exit_code_2(tmp_path, capsys, monkeypatch) -> Non
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "none")
     assert main(["train", "--data", "fashion-mnist", "--out", str(tmp_path)]) == 2
     assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arch", "regime"),
+    [("vgg11", "cnn"), ("vgg11_flip", "gcnn"), ("resnet50_flip_escnn", "gcnn")],
+)
+def test_regime_defaults_to_the_architecture(arch, regime) -> None:
+    from gcnn.cli import build_parser
+    from gcnn.commands.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--arch", arch])
+    assert config_from_args(args).regime == regime
+    explicit = build_parser().parse_args(["train", "--arch", arch, "--regime", "cnn+inv"])
+    assert config_from_args(explicit).regime == "cnn+inv"
