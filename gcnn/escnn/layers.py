@@ -482,34 +482,11 @@ class EscnnConv2d(nn.Module):
             conv.bias.copy_(bias)
         return conv.train(self.training)
 
-    @torch.no_grad()
     def to_flip(self) -> FlipConv2d:
         """The hand-written :class:`FlipConv2d` with this filter (its free weight is the even
-        output filters, or the even input columns for a trivial output)."""
-        weight, bias = self.conv.expand_parameters()
-        flip = FlipConv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            bias=bias is not None,
-            padding_mode=self.padding_mode,
-            in_type=self.in_type,
-            out_type=self.out_type,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        if self.out_type == "regular":
-            flip.weight.copy_(weight[0::2])
-            if bias is not None:
-                flip.bias.copy_(bias[0::2])
-        else:
-            flip.weight.copy_(weight[:, 0::2])
-            if bias is not None:
-                flip.bias.copy_(bias)
-        return flip.train(self.training)
+        output filters, or the even input columns for a trivial output): the exported plain
+        conv taken back by :meth:`FlipConv2d.from_conv`."""
+        return FlipConv2d.from_conv(self.export(), in_type=self.in_type, out_type=self.out_type)
 
     @classmethod
     @torch.no_grad()
