@@ -109,6 +109,25 @@ def markdown(report: CheckReport) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _save(fig, path: Path) -> Path:  # noqa: ANN001
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _per_group_axes(names: list[str], ylabel: str, title: str):  # noqa: ANN202
+    """A figure with one x tick per permutation group."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set(ylabel=ylabel, title=title)
+    return fig, ax
+
+
 def plot(report: CheckReport, out: Path) -> list[Path]:
     """Write the three PNG plots into ``out``; return their paths."""
     import matplotlib
@@ -116,7 +135,6 @@ def plot(report: CheckReport, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for m in METHODS:
         points = report.curves[m]
@@ -127,42 +145,32 @@ def plot(report: CheckReport, out: Path) -> list[Path]:
     ax_acc.set(xlabel="α (0: model, 1: aligned flipped twin)", ylabel="test accuracy %")
     ax_acc.legend()
     fig.suptitle(f"{report.arch}: interpolation with its flipped twin")
-    fig.tight_layout()
-    paths.append(out / "barrier.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths = [_save(fig, out / "barrier.png")]
 
-    names = [layer.name for layer in report.layers]
+    layers = report.layers
+    names = [layer.name for layer in layers]
     x = range(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    fig, ax = _per_group_axes(
+        names, "‖a − Q⁻¹ flip a(flip x)‖² / ‖a‖²", "layerwise equivariance error"
+    )
     floor = 1e-16
-    before = [max(la.equivariance_error_before, floor) for la in report.layers]
-    after = [max(la.equivariance_error_after, floor) for la in report.layers]
-    ax.semilogy(x, before, "o-", label="before alignment (Q = id)")
-    ax.semilogy(x, after, "s-", label="after alignment (matched Q)")
-    ax.set_xticks(list(x), names, rotation=90, fontsize=6)
-    ax.set(ylabel="‖a − Q⁻¹ flip a(flip x)‖² / ‖a‖²", title="layerwise equivariance error")
+    ax.semilogy(x, [max(la.equivariance_error_before, floor) for la in layers], "o-",
+                label="before alignment (Q = id)")  # fmt: skip
+    ax.semilogy(x, [max(la.equivariance_error_after, floor) for la in layers], "s-",
+                label="after alignment (matched Q)")  # fmt: skip
     ax.legend()
-    fig.tight_layout()
-    paths.append(out / "equivariance.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "equivariance.png"))
 
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
-    fixed = [la.fixed_points for la in report.layers]
-    paired = [2 * la.two_cycles for la in report.layers]
-    longer = [la.channels - f - p for la, f, p in zip(report.layers, fixed, paired, strict=True)]
+    fig, ax = _per_group_axes(names, "channels", "structure of the matched permutations")
+    fixed = [la.fixed_points for la in layers]
+    paired = [2 * la.two_cycles for la in layers]
+    longer = [la.channels - f - p for la, f, p in zip(layers, fixed, paired, strict=True)]
     ax.bar(x, fixed, label="fixed points (invariant)")
     ax.bar(x, paired, bottom=fixed, label="channels in 2-cycles (mirror pairs)")
     ax.bar(x, longer, bottom=[f + p for f, p in zip(fixed, paired, strict=True)],
            color="lightgrey", label="channels in longer cycles")  # fmt: skip
-    ax.set_xticks(list(x), names, rotation=90, fontsize=6)
-    ax.set(ylabel="channels", title="structure of the matched permutations")
     ax.legend()
-    fig.tight_layout()
-    paths.append(out / "permutations.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "permutations.png"))
     return paths
 
 
