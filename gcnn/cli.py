@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import gcnn
 from gcnn.commands import UsageError
+from gcnn.train.regimes import TrainingCollapsed
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, gcnn.CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"gcnn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingCollapsed as err:
+        print(f"gcnn {args.command}: stopped: {err}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"gcnn {args.command}: interrupted", file=sys.stderr)
         return 130

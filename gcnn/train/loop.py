@@ -44,7 +44,13 @@ from gcnn.train.distributed import (
     ranks_agree,
 )
 from gcnn.train.evaluate import evaluate
-from gcnn.train.regimes import PenultimateFeatures, check_regime, invariance_loss
+from gcnn.train.regimes import (
+    PenultimateFeatures,
+    TrainingCollapsed,
+    check_regime,
+    collapse,
+    invariance_loss,
+)
 from gcnn.train.schedule import lr_factor
 from gcnn.train.state import load_train_state, save_train_state, write_json
 
@@ -138,8 +144,9 @@ def regime_loss(
     """``(loss, cross-entropy, invariance loss, logits (B, K))`` of one batch ``x (B, C, H, W)``.
 
     With ``use_inv``, ``x`` and ``flip x`` go through the net as one batch of ``2B`` and
-    ``loss = CE(f(x), y) + λ · mean_b ‖g(x_b) − g(flip x_b)‖²`` with ``g`` the logits or the
-    penultimate ``features``; otherwise ``loss = CE(f(x), y)``.
+    ``loss = CE(f(x), y) + λ · D(g(x), g(flip x))`` with ``g`` the logits or the penultimate
+    ``features`` and ``D`` the scale-free :func:`~gcnn.train.regimes.invariance_loss`;
+    otherwise ``loss = CE(f(x), y)``.
     """
     if use_inv:
         logits, logits_flipped = net(torch.cat([x, x.flip(-1)])).chunk(2)
@@ -148,7 +155,7 @@ def regime_loss(
             a, b = features.value.chunk(2)
         else:
             a, b = logits, logits_flipped
-        inv = invariance_loss(a, b)
+        inv = invariance_loss(a, b, cfg.inv_target)
     else:
         logits = net(x)
         inv = torch.zeros((), device=x.device)
@@ -314,10 +321,18 @@ def train_seed(
             result = evaluate(model, data, ctx, amp=cfg.amp, memory_format=memory_format)
             row.update({f"test_{k}": v for k, v in result.items()})
         history.append(row)
+        reason = None
+        if cfg.regime == "cnn+inv" and cfg.inv_lambda > 0:
+            reason = collapse(history, data.num_classes, inv_start_step // steps_per_epoch + 1)
+        if reason is not None:
+            row["stopped"] = reason
         if ctx.is_main:
             _write_log(paths.log, history)
             if not bar.disable:
                 bar.write(_format_row(row))
+        if reason is not None:
+            bar.close()
+            raise TrainingCollapsed(f"{paths.log.parent}: {reason} (no model.safetensors written)")
         if not last:
             save_state(_Meter(device))
     bar.close()

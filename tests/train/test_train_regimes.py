@@ -18,6 +18,7 @@ CASES = {
     "cnn+inv": dict(arch="vgg11", regime="cnn+inv", inv_lambda=0.5),
     "cnn+inv-features": dict(arch="vgg11", regime="cnn+inv", inv_target="features", inv_start=0.0),
     "gcnn": dict(arch="vgg11_flip", regime="gcnn"),
+    "cnn+inv-late": dict(arch="vgg11", regime="cnn+inv", inv_lambda=0.5, inv_start=0.5, epochs=2),
 }
 
 
@@ -56,7 +57,8 @@ def test_run_writes_loadable_checkpoint_sidecar_and_log(runs, fmnist_small, name
     assert on_disk["dataset"] == "fashion-mnist" and on_disk["arch_kwargs"]["in_channels"] == 1
     assert on_disk["torch_version"] == torch.__version__ and on_disk["device"] == "cpu"
     log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-    assert len(log) == 1 and log[0]["step"] == 4 and log[0]["train_loss"] > 0
+    epochs = CASES[name].get("epochs", 1)
+    assert len(log) == epochs and log[-1]["step"] == 4 * epochs and log[0]["train_loss"] > 0
     # the builders' weights= loads the checkpoint and reproduces the recorded accuracy
     model = gcnn.create_model(
         on_disk["arch"], weights=folder / "model.safetensors", **on_disk["arch_kwargs"]
@@ -78,6 +80,14 @@ def test_invariance_loss_is_logged_only_for_cnn_inv(runs) -> None:
 
     assert inv("cnn") == 0 and inv("gcnn") == 0
     assert inv("cnn+inv") > 0 and inv("cnn+inv-features") > 0
+
+
+def test_invariance_loss_is_zero_before_inv_start_and_positive_after(runs) -> None:
+    folder = next(runs["cnn+inv-late"][1].glob("*/seed0"))
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [1, 2]
+    assert log[0]["inv_loss"] == 0  # switched on at step 4 of 8: the first epoch has none
+    assert log[1]["inv_loss"] > 0
 
 
 def test_gcnn_stays_exactly_invariant_after_training(runs, fmnist_small) -> None:
