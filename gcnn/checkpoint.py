@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from gcnn.errors import CheckpointError
+
+__all__ = ["CheckpointError", "load_weights", "read_state_dict", "save_weights"]
+
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "_orig_mod.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not fit the model."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -25,31 +26,63 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     ``_orig_mod.`` (torch.compile) prefixes are stripped.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = [p.name for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pt*"))]
+        hint = f" (it holds {', '.join(inside[:3])})" if inside else ""
+        raise CheckpointError(
+            f"{path} is a directory, not a checkpoint file{hint}: pass the weights file inside "
+            "it, e.g. model.safetensors, or load a run folder with gcnn.runs.load_run"
+        )
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path} (no such file)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the file was not written completely")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+        state = _read_safetensors(path)
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "Unsupported global" not in str(err):
-                raise CheckpointError(
-                    f"{path} is not a torch checkpoint: unreadable pickle"
-                ) from err
-            raise CheckpointError(
-                f"{path} needs to run pickled code to load, which gcnn refuses "
-                "(torch.load(weights_only=True)); re-save it as a plain state dict "
-                "(torch.save(model.state_dict(), ...)) or as safetensors"
-            ) from err
-        except (RuntimeError, EOFError, OSError) as err:
-            raise CheckpointError(f"{path} is not a torch checkpoint: {err}") from err
+        state = _read_torch(path)
     return _normalise(state, path)
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({err}): re-save it with "
+            "gcnn.save_weights or safetensors.torch.save_file"
+        ) from err
+
+
+def _read_torch(path: Path) -> object:
+    """``torch.load(weights_only=True)``; every failure becomes a :class:`CheckpointError`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        found = re.search(r"GLOBAL (\S+) (?:whose|was not)", text) or re.search(
+            r"Unsupported global: GLOBAL (\S+)", text
+        )
+        if found or "unsupported global" in text.lower():
+            name = found.group(1) if found else "a Python callable"
+            raise CheckpointError(
+                f"{path} carries pickled code ({name}), which gcnn refuses to run "
+                "(torch.load(weights_only=True)); if you trust the file, re-save its weights "
+                "as safetensors: gcnn.save_weights(torch.load(path, weights_only=False)"
+                ".state_dict(), 'model.safetensors')"
+            ) from err
+        first = text.strip().splitlines()[0] if text.strip() else "no reason given"
+        raise CheckpointError(
+            f"{path} is not a torch checkpoint: unreadable pickle ({first})"
+        ) from err
+    except Exception as err:  # torch.load raises KeyError, EOFError, RuntimeError, … on junk
+        reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{path} is not a torch checkpoint ({reason}): expected a file written by "
+            "torch.save or a .safetensors file"
+        ) from err
 
 
 def _normalise(state: object, path: Path) -> dict[str, Tensor]:

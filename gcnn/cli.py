@@ -1,7 +1,9 @@
 """The ``gcnn`` command. Each sub-command lives in its own module with ``add_parser``.
 
-Errors a user can fix (bad arguments, missing files, unfit checkpoints) print one line and
-exit with code 2; they never show a traceback.
+Errors a user can fix (:class:`gcnn.errors.GcnnError`: bad arguments, missing or broken files,
+unfit checkpoints, run folders in use) print one line and exit with code 2; a training run that
+stops itself (collapse, divergence) exits with code 3. Any other exception is a bug and keeps
+its traceback. Flags are never abbreviated (``--epoch`` is not ``--epochs``).
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import gcnn
-from gcnn.commands import UsageError
-from gcnn.train.regimes import TrainingCollapsed
+from gcnn.errors import GcnnError, UsageError, one_line
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -26,16 +28,39 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that never matches abbreviated flags."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gcnn",
         description="Flip-equivariant GCNNs and tools that test whether CNNs are permuted GCNNs.",
     )
     parser.add_argument("--version", action="version", version=f"gcnn {gcnn.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """User-error types defined outside :mod:`gcnn.errors` that do not derive from
+    ``GcnnError`` yet (the analysis graph's)."""
+    from gcnn.analysis.graph import UnsupportedGraphError
+
+    return (
+        (GcnnError,)
+        if issubclass(UnsupportedGraphError, GcnnError)
+        else (
+            GcnnError,
+            UnsupportedGraphError,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,12 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (UsageError, gcnn.CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"gcnn {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except TrainingCollapsed as err:
-        print(f"gcnn {args.command}: stopped: {err}", file=sys.stderr)
-        return 3
+    except _user_errors() as err:
+        label = getattr(err, "label", "error")
+        print(f"gcnn {args.command}: {label}: {one_line(err)}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"gcnn {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,9 +1,9 @@
-"""The ``gcnn`` sub-commands, one module each, and the error type they share."""
+"""The ``gcnn`` sub-commands, one module each, and the error type they share.
 
+:class:`UsageError` lives in :mod:`gcnn.errors` (with every other error the CLI prints as one
+line); it is re-exported here for the sub-commands that import it from this package.
+"""
 
-class UsageError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2.
+from gcnn.errors import UsageError
 
-    Defined here, not in :mod:`gcnn.cli`, so that ``python -m gcnn.cli`` (which runs the CLI
-    module as ``__main__``) catches the same class the sub-commands raise.
-    """
+__all__ = ["UsageError"]

@@ -130,18 +130,28 @@ def run(args: argparse.Namespace) -> int:
         kwargs = json.loads(args.model_kwargs)
     except json.JSONDecodeError as err:
         raise UsageError(f"--model-kwargs is not JSON: {err}") from err
-    alphas = validate_alphas(args.alphas)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, arch = build_checked_model(args.arch, args.weights, kwargs)
-    data = load_analysis_data(
-        args.data,
-        root=args.data_root,
-        image_size=args.image_size,
-        resize=args.resize,
-        num_train=args.num_images,
-        num_test=args.num_eval,
-        batch_size=args.batch_size,
-    )
+    from gcnn.devices import resolve_device
+    from gcnn.errors import user_input
+
+    for flag in ("image_size", "resize", "num_images", "num_eval", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {value}: must be ≥ 1")
+    with user_input("--alphas"):
+        alphas = validate_alphas(args.alphas)
+    device = resolve_device(args.device)
+    with user_input():
+        model, arch = build_checked_model(args.arch, args.weights, kwargs)
+    with user_input(f"--data {args.data}"):
+        data = load_analysis_data(
+            args.data,
+            root=args.data_root,
+            image_size=args.image_size,
+            resize=args.resize,
+            num_train=args.num_images,
+            num_test=args.num_eval,
+            batch_size=args.batch_size,
+        )
     x = data.train[0][0][:1]
     try:
         with torch.no_grad():
@@ -149,8 +159,14 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         c, h, w = x.shape[1:]
+        if "channels" in first:
+            raise UsageError(
+                f"{arch} does not take the {c}-channel images of --data {args.data} ({first}): "
+                "check the model's in_channels (--model-kwargs) or the data"
+            ) from err
         raise UsageError(
-            f"{arch} cannot run on {c}-channel images at input size {h}×{w}: {first}"
+            f"{arch} cannot run on {c}-channel images at input size {h}×{w}: {first}; "
+            "try a larger --image-size"
         ) from err
     report = check_flip_symmetry(
         model, data.train, data.test, arch=arch, alphas=alphas, device=device

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from gcnn.errors import UsageError
 from gcnn.exactness import flip_exactness
-from gcnn.models import create_model, list_models
+from gcnn.models import create_model, get_builder, list_models
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +24,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if len(args.size) > 2 or min(args.size) < 1:
-        raise ValueError("--size takes one or two positive integers (W, or H W)")
+        raise UsageError("--size takes one or two positive integers (W, or H W)")
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
-    report = flip_exactness(create_model(args.arch), size)
+    try:
+        get_builder(args.arch)
+    except ValueError as err:  # the registry's "unknown model …; known models: …"
+        raise UsageError(str(err)) from None
+    model = create_model(args.arch)
+    try:
+        report = flip_exactness(model, size)
+    except ValueError as err:  # "the model cannot run at input size …"
+        raise UsageError(f"--size {' '.join(map(str, args.size))}: {err}") from err
     print(report)
     return 0 if report.exact else 1

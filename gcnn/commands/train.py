@@ -1,22 +1,30 @@
 """``gcnn train``: train CNN, CNN + invariance loss, or GCNN nets, one per seed.
 
 Example: ``gcnn train --arch vgg11_flip --data fashion-mnist --epochs 30 --seeds 0-3 --out runs/``.
-Under ``torchrun --nproc_per_node N`` the same command trains with DDP.
+Under ``torchrun --nproc_per_node N`` the same command trains with DDP; ``--config
+recipe.json`` (or a run's ``model.json``) repeats a recorded run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-from gcnn.commands import UsageError
 from gcnn.data.datasets import DATASETS, load_dataset
+from gcnn.errors import UsageError
 from gcnn.models import get_builder
+from gcnn.runs import read_recipe
 from gcnn.train.config import REGIMES, TrainConfig
 from gcnn.train.distributed import init_distributed
-from gcnn.train.loop import build_model, train_seed
+from gcnn.train.loop import train_seed
+from gcnn.train.preflight import preflight
 from gcnn.train.seeds import parse_seeds
+
+#: Flags that only apply to ``--data imagefolder``.
+IMAGEFOLDER_ONLY = ("image_size", "resize", "random_resized_crop", "workers")
+_UNSET = argparse.SUPPRESS  # a training setting the user did not type stays absent from args
 
 
 def _kwarg(text: str) -> tuple[str, Any]:
@@ -35,88 +43,159 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train nets (cnn, cnn+inv or gcnn), one checkpoint per seed",
         description="Train one net per seed with SGD (Nesterov), warm-up then linear decay, "
         "random crop + flip augmentation. Writes OUT/<arch>_<regime>_<data>/seed<N>/"
-        "{model.safetensors,model.json,log.jsonl}. Defaults: the published VGG11 recipe.",
+        "{model.safetensors,model.json,log.jsonl}. Defaults: the published VGG11 recipe "
+        "(shown in brackets); --config starts from a recipe.json or a run's model.json instead, "
+        "and the flags given override it.",
     )
     d = TrainConfig()
+
+    def add(group: argparse._ArgumentGroup, flag: str, help: str = "", **kw: Any) -> None:
+        dest = kw.get("dest", flag.removeprefix("--").replace("-", "_"))
+        shown = f" [{getattr(d, dest)}]" if hasattr(d, dest) and "action" not in kw else ""
+        group.add_argument(flag, default=_UNSET, help=help + shown, **kw)
+
     g = p.add_argument_group("model and regime")
-    g.add_argument("--arch", default=d.arch, help="any registered model (gcnn.list_models())")
-    g.add_argument("--regime", choices=REGIMES,
-                   help="default: gcnn for a flip architecture, else cnn")  # fmt: skip
-    g.add_argument("--width", type=float, help="channel width multiplier (VGG)")
-    g.add_argument("--arch-kwarg", type=_kwarg, action="append", default=[], metavar="K=V",
-                   help="extra builder keyword (JSON value), repeatable")  # fmt: skip
-    g.add_argument("--inv-lambda", type=float, default=d.inv_lambda, help="λ of cnn+inv")
-    g.add_argument("--inv-start", type=float, default=d.inv_start,
-                   help="fraction of training before the invariance loss starts")  # fmt: skip
-    g.add_argument("--inv-target", default=d.inv_target, choices=("logits", "features"))
+    add(g, "--arch", "any registered model (gcnn.list_models())")
+    add(g, "--regime", "default: gcnn for a flip architecture, else cnn", choices=REGIMES)
+    add(g, "--width", "channel width multiplier (VGG)", type=float)
+    add(g, "--arch-kwarg", "extra builder keyword (JSON value), repeatable", type=_kwarg,
+        action="append", metavar="K=V")  # fmt: skip
+    add(g, "--inv-lambda", "λ of cnn+inv", type=float)
+    add(g, "--inv-start", "fraction of training before the invariance loss starts", type=float)
+    add(g, "--inv-target", "", choices=("logits", "features"))
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, choices=DATASETS)
-    g.add_argument("--data-root", help="dataset folder (imagefolder: the tree's root)")
-    g.add_argument("--download", action="store_true", help="download via torchvision")
-    g.add_argument("--train-subset", type=int, help="use the first N training images")
-    g.add_argument("--test-subset", type=int, help="use the first N test images")
-    g.add_argument("--no-flip", dest="flip_augment", action="store_false",
-                   help="no horizontal-flip augmentation")  # fmt: skip
-    g.add_argument("--crop-pad", type=int, default=d.crop_pad)
-    g.add_argument("--image-size", type=int, default=d.image_size, help="imagefolder crop")
-    g.add_argument("--resize", type=int, help="imagefolder short side before the crop")
-    g.add_argument("--random-resized-crop", action="store_true")
-    g.add_argument("--workers", type=int, default=d.workers, help="imagefolder loader workers")
+    add(g, "--data", "", choices=DATASETS)
+    add(g, "--data-root", "dataset folder (imagefolder: the tree's root)")
+    add(g, "--download", "download via torchvision", action="store_true")
+    add(g, "--train-subset", "use the first N training images", type=int)
+    add(g, "--test-subset", "use the first N test images", type=int)
+    add(g, "--no-flip", "no horizontal-flip augmentation", dest="flip_augment",
+        action="store_false")  # fmt: skip
+    add(g, "--crop-pad", "zero padding of the random crop", type=int)
+    add(g, "--image-size", "imagefolder crop", type=int)
+    add(g, "--resize", "imagefolder short side before the crop", type=int)
+    add(g, "--random-resized-crop", "imagefolder: RandomResizedCrop", action="store_true")
+    add(g, "--workers", "imagefolder loader workers", type=int)
     g = p.add_argument_group("recipe")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--no-nesterov", dest="nesterov", action="store_false")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--warmup", type=float, default=d.warmup, help="warm-up fraction of steps")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--device", help="default: cuda if available, else cpu")
+    add(g, "--epochs", "", type=int)
+    add(g, "--batch-size", "global batch", type=int)
+    add(g, "--lr", "peak learning rate", type=float)
+    add(g, "--momentum", "", type=float)
+    add(g, "--no-nesterov", "", dest="nesterov", action="store_false")
+    add(g, "--weight-decay", "", type=float)
+    add(g, "--warmup", "warm-up fraction of steps", type=float)
+    add(g, "--label-smoothing", "", type=float)
+    add(g, "--no-amp", "no bf16 autocast", dest="amp", action="store_false")
+    add(g, "--no-channels-last", "", dest="channels_last", action="store_false")
+    add(g, "--compile", "torch.compile the model", action="store_true")
+    add(g, "--device", "default: cuda if available, else cpu")
+    add(g, "--eval-every", "epochs; 0 = end only", type=int)
+    add(g, "--checkpoint-every", "also save the resumable state every N steps (0: per epoch)",
+        type=int)  # fmt: skip
     g = p.add_argument_group("runs")
-    g.add_argument("--seeds", default="0", help="e.g. 0-23 or 0,3,7 (default 0)")
+    g.add_argument("--config", metavar="JSON",
+                   help="start from a recipe.json or a finished run's model.json (its settings "
+                   "and seeds); flags given here override them")  # fmt: skip
+    add(g, "--seeds", "e.g. 0-23 or 0,3,7 (default 0, or the --config file's)")
     g.add_argument("--out", default="runs", help="output folder (default runs/)")
-    g.add_argument("--resume", action="store_true", help="continue unfinished runs, skip done")
-    g.add_argument("--overwrite", action="store_true", help="retrain finished runs")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs; 0 = end only")
     g.add_argument(
-        "--checkpoint-every", type=int, default=d.checkpoint_every,
-        help="also save the resumable state every N steps (default: per epoch)",
-    )  # fmt: skip
+        "--resume",
+        action="store_true",
+        help="continue unfinished runs, skip finished ones (settings must match)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="retrain; the old run stays until the new one has finished",
+    )
     g.add_argument("--no-progress", dest="progress", action="store_false")
     g.add_argument("--debug-kill-after-step", type=int, help=argparse.SUPPRESS)
+    g.add_argument("--debug-stop-after-step", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
+_CONFIG_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
+
+
+def _legacy_recipe(meta: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The config of an older recipe that recorded ``gcnn train`` arguments (``"argv"``)."""
+    argv = meta.get("argv")
+    if not isinstance(argv, list) or "config" in meta:
+        return None
+    parser = argparse.ArgumentParser(prog=f"--config {path}", allow_abbrev=False)
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args([str(a) for a in argv])
+    return {"config": config_from_args(args).to_dict(), "seeds": getattr(args, "seeds", None)}
+
+
+def _recipe(path: str) -> tuple[dict[str, Any], str | None]:
+    """``(config dict, seeds)`` of a ``--config`` file: a recipe, a sidecar, or an old recipe."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        meta = None  # read_recipe words the error
+    legacy = _legacy_recipe(meta, path) if isinstance(meta, dict) else None
+    if legacy is not None:
+        return legacy["config"], legacy["seeds"]
+    recipe = read_recipe(path)
+    return recipe.config, recipe.seeds
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed arguments (raises ``ValueError`` on bad values)."""
-    arch_kwargs = dict(args.arch_kwarg)
-    if args.width is not None:
+    """The :class:`TrainConfig` of parsed arguments: the ``--config`` file's settings (else
+    the defaults) with every flag the user typed on top. Raises ``UsageError`` on bad values."""
+    config_file = getattr(args, "config", None)
+    base = _recipe(config_file)[0] if config_file else {}
+    given = {k: v for k, v in vars(args).items() if k in _CONFIG_FIELDS}
+    values = {**base, **given}
+    arch_kwargs = dict(base.get("arch_kwargs", {}))
+    arch_kwargs.update(dict(getattr(args, "arch_kwarg", [])))
+    if getattr(args, "width", None) is not None:
         arch_kwargs["width"] = args.width
-    for name in ("train_subset", "test_subset"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+    values["arch_kwargs"] = arch_kwargs
+    if "regime" not in values:
+        values["regime"] = "gcnn" if "flip" in values.get("arch", TrainConfig.arch) else "cnn"
+    return TrainConfig.from_dict(values, source=f"--config {config_file}")
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    text = getattr(args, "seeds", None)
+    if text is None and getattr(args, "config", None):
+        text = _recipe(args.config)[1]
+    return parse_seeds(text if text is not None else "0")
+
+
+def check_flags(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """Refuse contradicting flags, an ``--out`` that is a file, and ImageFolder-only flags
+    given for a tensor dataset (they would be ignored)."""
+    if args.resume and args.overwrite:
+        raise UsageError(
+            "--resume and --overwrite contradict each other: --resume continues or keeps a "
+            "run, --overwrite retrains it"
+        )
+    out = Path(args.out)
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--out {args.out}: {folder} is a file, not a folder")
+    ignored = [k for k in IMAGEFOLDER_ONLY if k in vars(args)]
+    if ignored and cfg.data != "imagefolder":
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in ignored)
+        raise UsageError(f"{flags} only apply to --data imagefolder, not {cfg.data}")
+    for name in ("debug_kill_after_step", "debug_stop_after_step"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1")
-    regime = args.regime or ("gcnn" if "flip" in args.arch else "cnn")
-    return TrainConfig(
-        arch=args.arch, regime=regime, data=args.data, data_root=args.data_root,
-        download=args.download, arch_kwargs=arch_kwargs, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-        weight_decay=args.weight_decay, warmup=args.warmup, label_smoothing=args.label_smoothing,
-        flip_augment=args.flip_augment, crop_pad=args.crop_pad, inv_lambda=args.inv_lambda,
-        inv_start=args.inv_start, inv_target=args.inv_target, train_subset=args.train_subset,
-        test_subset=args.test_subset, image_size=args.image_size, resize=args.resize,
-        random_resized_crop=args.random_resized_crop, workers=args.workers, amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, device=args.device,
-    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    seeds = parse_seeds(args.seeds)
-    get_builder(args.arch)  # unknown arch → ValueError listing the known ones
     cfg = config_from_args(args)
+    check_flags(args, cfg)
+    seeds = _seeds(args)
+    ctx = init_distributed(cfg.device)  # an unknown or absent device is a one-line error
+    try:
+        get_builder(cfg.arch)
+    except ValueError as err:  # the registry's "unknown model …, known models: …"
+        raise UsageError(f"--arch: {err}") from None
     data = load_dataset(
         cfg.data, cfg.data_root, download=cfg.download, image_size=cfg.image_size,
         resize=cfg.resize, random_resized_crop=cfg.random_resized_crop, flip=cfg.flip_augment,
@@ -125,8 +204,7 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(data, "subset"):
             raise UsageError("--train-subset/--test-subset work with tensor datasets only")
         data = data.subset(cfg.train_subset, cfg.test_subset)
-    build_model(cfg, data, seeds[0])  # arch/regime mismatch or bad kwargs fail before training
-    ctx = init_distributed(cfg.device)
+    preflight(cfg, data, seeds[0])  # bad data, arch/regime or input size: before any file
     results = [
         train_seed(
             cfg,
@@ -138,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=args.progress,
             debug_kill_after_step=args.debug_kill_after_step,
+            debug_stop_after_step=args.debug_stop_after_step,
         )  # fmt: skip
         for seed in seeds
     ]

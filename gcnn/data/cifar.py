@@ -7,6 +7,7 @@ batch files are read here directly with a numpy-only unpickler
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from gcnn.data.safe_pickle import load_numpy_pickle
 from gcnn.data.samples import CIFAR10_CLASSES
 from gcnn.data.tensor_dataset import ImageTensors
+from gcnn.errors import DataError, DataNotFoundError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -28,14 +30,41 @@ def _find_folder(root: Path) -> Path | None:
     return None
 
 
+_FIX = "re-extract the genuine cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html)"
+
+
+def _unpickle(path: Path) -> object:
+    """The batch at ``path``; every failure is a :class:`DataError` naming the file."""
+    try:
+        return load_numpy_pickle(path)
+    except pickle.UnpicklingError as err:
+        if "refusing to load global" in str(err):
+            name = str(err).split("global ", 1)[1].split(":")[0]
+            raise DataError(
+                f"{path} carries code (it calls {name}), which gcnn never runs: it is not a "
+                f"CIFAR-10 batch; delete it and {_FIX}"
+            ) from err
+        raise DataError(f"{path} is a corrupt pickle ({err}): {_FIX}") from err
+    except Exception as err:  # a damaged pickle can fail in many ways
+        reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise DataError(f"{path} is truncated or corrupt ({reason}): {_FIX}") from err
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    batch = load_numpy_pickle(path)
+    batch = _unpickle(path)
     if not isinstance(batch, dict) or "data" not in batch:
-        raise ValueError(f"{path} is not a CIFAR-10 batch (no 'data' entry)")
-    data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    labels = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+        raise DataError(f"{path} is not a CIFAR-10 batch (no 'data' entry): {_FIX}")
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+    except (ValueError, TypeError) as err:
+        raise DataError(
+            f"{path} does not hold 3×32×32 uint8 images with labels ({err}): {_FIX}"
+        ) from err
     if labels.shape != (data.shape[0],):
-        raise ValueError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}")
+        raise DataError(
+            f"{path}: {data.shape[0]} images but labels of shape {labels.shape}: {_FIX}"
+        )
     return data, labels
 
 
@@ -47,7 +76,7 @@ def read_cifar10_folder(folder: str | Path) -> ImageTensors:
     folder = Path(folder)
     train_files = sorted(folder.glob("data_batch_*"))
     if not train_files or not (folder / "test_batch").is_file():
-        raise FileNotFoundError(f"{folder} needs test_batch and at least one data_batch_*")
+        raise DataNotFoundError(f"{folder} needs test_batch and at least one data_batch_*")
     parts = [_read_batch(f) for f in train_files]
     test_x, test_y = _read_batch(folder / "test_batch")
     return ImageTensors(
@@ -60,6 +89,7 @@ def read_cifar10_folder(folder: str | Path) -> ImageTensors:
         mean=CIFAR10_MEAN,
         std=CIFAR10_STD,
         classes=CIFAR10_CLASSES,
+        root=str(folder.resolve()),
     )
 
 
@@ -73,7 +103,7 @@ def load_cifar10(root: str | Path, download: bool = False) -> ImageTensors:
         CIFAR10(str(root), train=True, download=True)
         folder = _find_folder(root)
     if folder is None:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"CIFAR-10 not found under {root}: expected {root / FOLDER}/test_batch and "
             "data_batch_*; pass --download (needs a network) or copy the extracted "
             "cifar-10-python.tar.gz there (https://www.cs.toronto.edu/~kriz/cifar.html)"

@@ -6,6 +6,7 @@ Images are zero-padded from 28×28 to 32×32 (2 pixels each side) so the CIFAR V
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from gcnn.data.tensor_dataset import ImageTensors
+from gcnn.errors import DataError, DataNotFoundError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 #: Statistics of the zero-padded 32×32 training images.
@@ -36,18 +38,27 @@ INSTALL_HINT = (
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally ``.gz``): unsigned-byte arrays of any rank."""
+    """Read an IDX file (optionally ``.gz``): unsigned-byte arrays of any rank.
+
+    A truncated or corrupt file raises :class:`~gcnn.errors.DataError` naming it.
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    fix = "replace the file (reinstall dataset-fashion-mnist, or download it again)"
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as err:  # truncated or corrupt gzip stream
+        raise DataError(f"{path} is truncated or corrupt ({err}): {fix}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise DataError(f"{path} is not an unsigned-byte IDX file: {fix}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated inside its IDX header: {fix}")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} but holds {data.size} bytes")
+        raise DataError(f"{path}: header says {dims} but holds {data.size} bytes: {fix}")
     return data.reshape(dims)
 
 
@@ -59,9 +70,10 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 
 def find_fashion_mnist(root: str | Path | None) -> Path | None:
-    """First folder with all four IDX files: ``root/FashionMNIST/raw``, ``root``, Debian's."""
-    candidates = [] if root is None else [Path(root) / "FashionMNIST" / "raw", Path(root)]
-    for folder in [*candidates, DEBIAN_DIR]:
+    """First folder with all four IDX files: ``root/FashionMNIST/raw`` or ``root`` when ``root``
+    is given (never another folder: a wrong root must not fall back silently), else Debian's."""
+    candidates = [DEBIAN_DIR] if root is None else [Path(root) / "FashionMNIST" / "raw", Path(root)]
+    for folder in candidates:
         if all(_find_file(folder, stem) for stem in _FILES.values()):
             return folder
     return None
@@ -72,14 +84,19 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -
     folder = find_fashion_mnist(root)
     if folder is None and download:
         if root is None:
-            raise FileNotFoundError("--download needs --data-root (where to put the files)")
+            raise DataNotFoundError("--download needs --data-root (where to put the files)")
         from torchvision.datasets import FashionMNIST
 
         FashionMNIST(str(root), train=True, download=True)
         folder = find_fashion_mnist(root)
+    if folder is None and root is not None:
+        raise DataNotFoundError(
+            f"Fashion-MNIST not found under --data-root {root} (looked in "
+            f"{Path(root) / 'FashionMNIST' / 'raw'} and {root} for the four IDX files): fix the "
+            f"path, drop --data-root to use Debian's copy in {DEBIAN_DIR}, or {INSTALL_HINT}"
+        )
     if folder is None:
-        where = f"under {root} or " if root is not None else ""
-        raise FileNotFoundError(f"Fashion-MNIST not found {where}in {DEBIAN_DIR}: {INSTALL_HINT}")
+        raise DataNotFoundError(f"Fashion-MNIST not found in {DEBIAN_DIR}: {INSTALL_HINT}")
     arrays = {key: read_idx(_find_file(folder, stem)) for key, stem in _FILES.items()}  # type: ignore[arg-type]
 
     def images(a: np.ndarray) -> torch.Tensor:
@@ -95,4 +112,5 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -
         mean=FASHION_MNIST_MEAN,
         std=FASHION_MNIST_STD,
         classes=FASHION_MNIST_CLASSES,
+        root=str(folder.resolve()),
     )

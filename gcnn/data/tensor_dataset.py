@@ -12,7 +12,8 @@ class ImageTensors:
     """Images ``uint8`` ``(N, C, H, W)`` and labels ``int64`` ``(N,)`` of both splits.
 
     ``mean`` / ``std`` (one value per channel, on the 0–1 scale) normalise the images;
-    ``name`` is recorded in checkpoints.
+    ``name`` is recorded in checkpoints; ``root`` is the absolute folder the files were read
+    from (``None`` for the shipped samples), part of a run's data identity.
     """
 
     name: str
@@ -24,6 +25,7 @@ class ImageTensors:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: tuple[str, ...] = field(default=())
+    root: str | None = None
 
     @property
     def in_channels(self) -> int:
@@ -45,4 +47,5 @@ class ImageTensors:
             mean=self.mean,
             std=self.std,
             classes=self.classes,
+            root=self.root,
         )

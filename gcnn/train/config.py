@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from gcnn.errors import UsageError
+
 REGIMES: tuple[str, ...] = ("cnn", "cnn+inv", "gcnn")
+
+#: Settings that may change between a run and its resumption: they change neither the weights
+#: nor the data (``data_root`` is compared through the data identity, the folder it resolves to).
+RESUMABLE_CHANGES = frozenset(
+    {"device", "compile", "workers", "eval_every", "checkpoint_every", "download", "data_root"}
+)
 
 
 @dataclass
@@ -53,21 +62,64 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.regime not in REGIMES:
-            raise ValueError(f"unknown regime {self.regime!r}; choose one of {', '.join(REGIMES)}")
+            raise UsageError(
+                f"unknown regime {self.regime!r}: --regime takes one of {', '.join(REGIMES)}"
+            )
         if self.inv_target not in ("logits", "features"):
-            raise ValueError(f"--inv-target must be logits or features, not {self.inv_target!r}")
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "warm-up fraction": 0 <= self.warmup < 1,
-            "invariance start fraction": 0 <= self.inv_start <= 1,
-            "λ": self.inv_lambda >= 0,
-            "label smoothing": 0 <= self.label_smoothing < 1,
+            raise UsageError(f"--inv-target must be logits or features, not {self.inv_target!r}")
+        rules = {  # field: (valid, rule)
+            "epochs": (self.epochs >= 1, "≥ 1"),
+            "batch_size": (self.batch_size >= 1, "≥ 1"),
+            "lr": (self.lr > 0, "> 0"),  # +inf passes: such a run stops as diverged
+            "momentum": (math.isfinite(self.momentum) and self.momentum >= 0, "≥ 0"),
+            "weight_decay": (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "≥ 0"),
+            "warmup": (0 <= self.warmup < 1, "a fraction in [0, 1)"),
+            "inv_start": (0 <= self.inv_start <= 1, "a fraction in [0, 1]"),
+            "inv_lambda": (math.isfinite(self.inv_lambda) and self.inv_lambda >= 0, "≥ 0"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
+            "crop_pad": (self.crop_pad >= 0, "≥ 0"),
+            "image_size": (self.image_size >= 1, "≥ 1"),
+            "resize": (self.resize is None or self.resize >= 1, "≥ 1"),
+            "workers": (self.workers >= 0, "≥ 0"),
+            "eval_every": (self.eval_every >= 0, "≥ 0 epochs (0: at the end only)"),
+            "checkpoint_every": (self.checkpoint_every >= 0, "≥ 0 steps (0: at epoch ends)"),
+            "train_subset": (self.train_subset is None or self.train_subset >= 1, "≥ 1"),
+            "test_subset": (self.test_subset is None or self.test_subset >= 1, "≥ 1"),
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [
+            f"--{name.replace('_', '-')} {getattr(self, name)} (must be {rule})"
+            for name, (valid, rule) in rules.items()
+            if not valid
+        ]
         if bad:
-            raise ValueError(f"invalid {', '.join(bad)} in the training configuration")
+            raise UsageError(f"invalid {'; '.join(bad)} in the training configuration")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "the configuration") -> TrainConfig:
+        """The config of a recipe's or sidecar's ``config`` dict; unknown keys are refused.
+
+        Keys missing from ``values`` (settings added after it was written) take their defaults.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(
+                f"{source} has unknown training settings: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        return cls(**values)
+
+
+def config_differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """Every setting (outside :data:`RESUMABLE_CHANGES`) whose value differs, as
+    ``"lr: 0.08 in the run, 0.1 now"``; settings missing from ``stored`` are not compared."""
+    out = []
+    for key in sorted(set(stored) | set(requested)):
+        if key in RESUMABLE_CHANGES or key not in stored:
+            continue
+        if stored[key] != requested.get(key):
+            out.append(f"{key}: {stored[key]!r} in the run, {requested.get(key)!r} now")
+    return out

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from gcnn.devices import resolve_device
+from gcnn.errors import GcnnError, RunFolderError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -27,13 +34,9 @@ class DistContext:
 
 
 def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
-    """``requested`` or, if ``None``, ``cuda:{local_rank}`` when CUDA is available, else CPU."""
-    if requested is not None:
-        device = torch.device(requested)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", local_rank)
-        return device
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    """``requested`` or, if ``None``, ``cuda:{local_rank}`` when CUDA is available, else CPU
+    (see :func:`gcnn.devices.resolve_device`, which raises a one-line error for a bad device)."""
+    return resolve_device(requested, local_rank)
 
 
 def init_distributed(requested_device: str | None = None) -> DistContext:
@@ -94,3 +97,29 @@ def average_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
         if buffer.is_floating_point():
             dist.all_reduce(buffer)
             buffer.div_(ctx.world_size)
+
+
+def on_main(fn: Callable[[], T], ctx: DistContext) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result.
+
+    A :class:`~gcnn.errors.GcnnError` raised by ``fn`` is re-raised on rank 0 and, as the
+    same message, on every other rank, so that no rank waits in a collective for a rank that
+    gave up.
+    """
+    if not ctx.distributed:
+        return fn()
+    box: list[object] = [None]
+    error: GcnnError | None = None
+    if ctx.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except GcnnError as err:
+            error = err
+            box[0] = ("error", str(err))
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]  # type: ignore[misc]
+    if error is not None:
+        raise error
+    if kind == "error":
+        raise RunFolderError(f"rank 0 refused: {value}")
+    return value  # type: ignore[return-value]

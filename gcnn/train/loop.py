@@ -1,12 +1,14 @@
 """Train one network per seed: the training loop, checkpoints, resume and DDP.
 
-Per seed, the run folder ``out/<arch>_<regime>_<data>/seed<N>/`` holds
+:func:`train_seed` runs four parts: the run-folder guard (:mod:`gcnn.train.guard`, under the
+folder's lock), the set-up (:func:`start_run`: model, optimizer, a resumed state), the steps
+and epoch records (:func:`train_step`, :func:`end_epoch`), and the final write
+(:func:`finish_run`). The folder layout and the sidecar are :mod:`gcnn.runs`'s.
 
-- ``model.safetensors`` + ``model.json``: final weights (loadable with
-  ``gcnn.create_model(arch, weights=path, **arch_kwargs)``) and the sidecar (arch, kwargs,
-  regime, λ, seed, dataset, epochs, test accuracy, versions, device);
-- ``state.safetensors``: the resumable state while the run is unfinished (removed at the end);
-- ``log.jsonl``: one JSON line per epoch.
+Divergence stops a run: a non-finite training loss or weight (checked every
+:data:`FINITE_CHECK_EVERY` steps, before every state save and at every epoch end) ends it with
+:class:`~gcnn.errors.TrainingDiverged`; the last good ``state.safetensors`` stays and the log
+records the stop (standard JSON: non-finite numbers are written as ``null``).
 
 Determinism: the model is initialised after ``torch.manual_seed(seed)``; after that no global
 RNG is used (the data order and augmentation are counter-based, see :mod:`gcnn.data.loaders`),
@@ -15,13 +17,13 @@ so resuming from any saved step reproduces the uninterrupted run bit for bit on 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,63 +36,40 @@ from gcnn.checkpoint import save_weights
 from gcnn.data.datasets import Dataset
 from gcnn.data.imagefolder import ImageFolderData
 from gcnn.data.loaders import DeviceLoader, StreamLoader
+from gcnn.errors import TrainingCollapsed, TrainingDiverged, UsageError
 from gcnn.models import create_model
+from gcnn.runs import RunPaths, build_sidecar, data_identity, run_name, run_paths, write_json
+from gcnn.runs import write_jsonl as _write_jsonl
 from gcnn.train.config import TrainConfig
 from gcnn.train.distributed import (
     DistContext,
     all_reduce_sum,
     average_buffers,
     barrier,
+    on_main,
     ranks_agree,
 )
 from gcnn.train.evaluate import evaluate
-from gcnn.train.regimes import (
-    PenultimateFeatures,
-    TrainingCollapsed,
-    check_regime,
-    collapse,
-    invariance_loss,
-)
+from gcnn.train.guard import Claim, claim_run, commit
+from gcnn.train.lock import RunLock
+from gcnn.train.regimes import PenultimateFeatures, check_regime, collapse, invariance_loss
 from gcnn.train.schedule import lr_factor
-from gcnn.train.state import load_train_state, save_train_state, write_json
+from gcnn.train.state import load_train_state, save_train_state
 
-#: Config fields that may change between a run and its resumption.
-_RESUMABLE_CHANGES = frozenset(
-    {"device", "compile", "workers", "eval_every", "checkpoint_every", "download", "data_root"}
-)
+__all__ = [
+    "FINITE_CHECK_EVERY",
+    "RunPaths",
+    "TrainingCollapsed",
+    "TrainingDiverged",
+    "build_model",
+    "run_name",
+    "run_paths",
+    "train_seed",
+    "write_json",
+]
 
-
-@dataclass(frozen=True)
-class RunPaths:
-    """The files of one seed's run."""
-
-    dir: Path
-
-    @property
-    def weights(self) -> Path:
-        return self.dir / "model.safetensors"
-
-    @property
-    def sidecar(self) -> Path:
-        return self.dir / "model.json"
-
-    @property
-    def state(self) -> Path:
-        return self.dir / "state.safetensors"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "log.jsonl"
-
-
-def run_name(cfg: TrainConfig) -> str:
-    """``<arch>_<regime>_<data>``, ``+`` spelled ``-`` (e.g. ``vgg11_cnn-inv_fashion-mnist``)."""
-    data = "imagefolder" if cfg.data == "imagefolder" else cfg.data
-    return f"{cfg.arch}_{cfg.regime.replace('+', '-')}_{data}"
-
-
-def run_paths(out: str | Path, cfg: TrainConfig, seed: int) -> RunPaths:
-    return RunPaths(Path(out) / run_name(cfg) / f"seed{seed}")
+#: Steps between two checks that the loss and the weights are finite.
+FINITE_CHECK_EVERY = 20
 
 
 def model_kwargs(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
@@ -109,7 +88,9 @@ def build_model(cfg: TrainConfig, data: Dataset, seed: int) -> tuple[nn.Module, 
     try:
         model = create_model(cfg.arch, **kwargs)
     except TypeError as err:
-        raise ValueError(f"{cfg.arch} does not accept {kwargs}: {err}") from err
+        raise UsageError(
+            f"{cfg.arch} does not accept {kwargs}: {err} (check --arch-kwarg / --width)"
+        ) from err
     check_regime(cfg.regime, cfg.arch, model)
     return model, kwargs
 
@@ -164,16 +145,17 @@ def regime_loss(
     return loss, ce, inv, logits
 
 
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in _RESUMABLE_CHANGES}
-
-
 def _kill_self() -> None:  # pragma: no cover - the process ends here
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _stop_self() -> None:  # pragma: no cover - the process waits here until killed or continued
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
 class _Meter:
-    """Running sums of one epoch (kept on the device; synced only when read)."""
+    """Running sums of one epoch (kept on the device; synced only when read):
+    ``[Σ loss·n, Σ inv·n, correct, images, batches]``."""
 
     def __init__(self, device: torch.device, values: list[float] | None = None) -> None:
         self.sums = torch.tensor(values or [0.0] * 5, dtype=torch.float64, device=device)
@@ -189,32 +171,46 @@ class _Meter:
         return self.sums.tolist()
 
 
-def train_seed(
-    cfg: TrainConfig,
-    data: Dataset,
-    seed: int,
-    out: str | Path,
-    ctx: DistContext,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    debug_kill_after_step: int | None = None,
-) -> dict[str, Any]:
-    """Train (or resume, or skip if finished) the net of ``seed``; return its sidecar dict."""
-    paths = run_paths(out, cfg, seed)
-    if paths.sidecar.is_file() and paths.weights.is_file():
-        if resume:  # finished (a kill between the final save and the clean-up left a state)
-            if ctx.is_main:
-                paths.state.unlink(missing_ok=True)
-            return json.loads(paths.sidecar.read_text())
-        if not overwrite:
-            raise ValueError(
-                f"{paths.weights} exists; pass --resume to keep it or --overwrite to retrain"
-            )
-    if paths.state.is_file() and not (resume or overwrite):
-        raise ValueError(f"{paths.state} holds an unfinished run; pass --resume or --overwrite")
+@dataclass
+class Run:
+    """Everything one seed's training holds between steps."""
 
+    cfg: TrainConfig
+    data: Dataset
+    seed: int
+    ctx: DistContext
+    claim: Claim
+    identity: dict[str, Any]
+    model: nn.Module
+    kwargs: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    net: nn.Module
+    loader: DeviceLoader | StreamLoader
+    features: PenultimateFeatures | None
+    memory_format: torch.memory_format
+    autocast: Any
+    total_steps: int
+    warmup_steps: int
+    inv_start_step: int
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_time: float = 0.0
+    saved_step: int | None = None
+
+    @property
+    def paths(self) -> RunPaths:
+        return self.claim.work
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.loader.steps_per_epoch
+
+
+def start_run(
+    cfg: TrainConfig, data: Dataset, seed: int, ctx: DistContext, claim: Claim
+) -> tuple[Run, list[float] | None]:
+    """Build the model (right after ``torch.manual_seed(seed)``), optimizer and loader; load
+    the claimed state when resuming. Returns the run and the resumed epoch's meter sums."""
     device = ctx.device
     on_cuda = device.type == "cuda"
     memory_format = (
@@ -222,34 +218,12 @@ def train_seed(
     )
     model, kwargs = build_model(cfg, data, seed)
     model = model.to(device=device, memory_format=memory_format).train()
-
     loader = make_loader(cfg, data, seed, ctx, memory_format)
-    steps_per_epoch = loader.steps_per_epoch
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup * total_steps)
-    inv_start_step = round(cfg.inv_start * total_steps)
-
+    total_steps = cfg.epochs * loader.steps_per_epoch
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay,
     )  # fmt: skip
-    step, history, meter_values, train_time = 0, [], None, 0.0
-    if resume and paths.state.is_file():
-        model_state, optim_state, scalars = load_train_state(paths.state)
-        if _comparable(scalars["config"]) != _comparable(cfg.to_dict()):
-            raise ValueError(f"{paths.state} was written with a different configuration")
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optim_state)
-        if scalars.get("threads", torch.get_num_threads()) != torch.get_num_threads():
-            warnings.warn(
-                f"resuming with {torch.get_num_threads()} torch threads, the run used "
-                f"{scalars['threads']}: CPU results will not match an uninterrupted run bit for "
-                "bit (set OMP_NUM_THREADS as before)",
-                stacklevel=2,
-            )
-        step, history = scalars["step"], scalars["history"]
-        meter_values, train_time = scalars["meter"], scalars["train_time"]
-
     features = PenultimateFeatures(model) if cfg.inv_target == "features" else None
     net: nn.Module = model
     if ctx.distributed:
@@ -261,133 +235,287 @@ def train_seed(
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and on_cuda else nullcontext()
     )
-
-    def save_state(meter: _Meter) -> None:
-        if ctx.is_main:
-            scalars = {
-                "step": step, "history": history, "meter": meter.values(),
-                "train_time": train_time, "config": cfg.to_dict(), "seed": seed,
-                "threads": torch.get_num_threads(),
-            }  # fmt: skip
-            save_train_state(paths.state, model.state_dict(), optimizer.state_dict(), scalars)
-        barrier(ctx)
-
-    bar = tqdm(
-        total=total_steps, initial=step, disable=not (progress and ctx.is_main),
-        desc=f"seed {seed}", unit="step", dynamic_ncols=True, leave=True,
+    run = Run(
+        cfg=cfg, data=data, seed=seed, ctx=ctx, claim=claim, identity=data_identity(data),
+        model=model, kwargs=kwargs, optimizer=optimizer, net=net, loader=loader,
+        features=features, memory_format=memory_format, autocast=autocast,
+        total_steps=total_steps, warmup_steps=round(cfg.warmup * total_steps),
+        inv_start_step=round(cfg.inv_start * total_steps),
     )  # fmt: skip
-    while step < total_steps:
-        epoch, start = divmod(step, steps_per_epoch)
-        meter = _Meter(device, meter_values)
-        meter_values = None
-        tick = time.perf_counter()
-        for x, y in loader.epoch(epoch, start):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, total_steps, warmup_steps)
-            use_inv = cfg.regime == "cnn+inv" and step >= inv_start_step and cfg.inv_lambda > 0
-            with autocast:
-                loss, ce, inv, logits = regime_loss(net, x, y, cfg, use_inv, features)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            meter.add(ce, inv, (logits.argmax(1) == y).sum(), len(y))
-            step += 1
-            bar.update(1)
-            if not bar.disable and (step % 10 == 0 or step % steps_per_epoch == 0):
-                s = meter.values()
-                bar.set_postfix(
-                    loss=f"{s[0] / s[3]:.3f}", acc=f"{100 * s[2] / s[3]:.1f}",
-                    img_s=f"{s[3] * ctx.world_size / (time.perf_counter() - tick):.0f}",
-                )  # fmt: skip
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                if step % steps_per_epoch:
-                    save_state(meter)
-            if debug_kill_after_step is not None and step == debug_kill_after_step:
-                _kill_self()
-        if on_cuda:
-            torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - tick
-        train_time += epoch_time
-        loss_sum, inv_sum, correct, seen, _ = all_reduce_sum(meter.values(), ctx)
-        row: dict[str, Any] = {
-            "epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / seen, "train_acc": 100 * correct / seen,
-            "inv_loss": inv_sum / seen, "images_per_s": seen / max(epoch_time, 1e-9),
-            "train_time_s": train_time,
-        }  # fmt: skip
-        last = step == total_steps
-        average_buffers(model, ctx)
-        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            result = evaluate(model, data, ctx, amp=cfg.amp, memory_format=memory_format)
-            row.update({f"test_{k}": v for k, v in result.items()})
-        history.append(row)
-        reason = None
-        if cfg.regime == "cnn+inv" and cfg.inv_lambda > 0:
-            reason = collapse(history, data.num_classes, inv_start_step // steps_per_epoch + 1)
-        if reason is not None:
-            row["stopped"] = reason
-        if ctx.is_main:
-            _write_log(paths.log, history)
-            if not bar.disable:
-                bar.write(_format_row(row))
-        if reason is not None:
-            bar.close()
-            raise TrainingCollapsed(f"{paths.log.parent}: {reason} (no model.safetensors written)")
-        if not last:
-            save_state(_Meter(device))
-    bar.close()
-    if features is not None:
-        features.remove()
+    if not claim.resume:
+        return run, None
+    model_state, optim_state, scalars = load_train_state(claim.work.state)
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(optim_state)
+    if scalars.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+        warnings.warn(
+            f"resuming with {torch.get_num_threads()} torch threads, the run used "
+            f"{scalars['threads']}: CPU results will not match an uninterrupted run bit for "
+            "bit (set OMP_NUM_THREADS as before)",
+            stacklevel=2,
+        )
+    run.step, run.history = scalars["step"], scalars["history"]
+    run.train_time, run.saved_step = scalars["train_time"], scalars["step"]
+    return run, scalars["meter"]
 
-    final = history[-1]
-    identical = ranks_agree(model, ctx)
-    sidecar = {
-        "arch": cfg.arch,
-        "arch_kwargs": kwargs,
-        "regime": cfg.regime,
-        "inv_lambda": cfg.inv_lambda if cfg.regime == "cnn+inv" else 0.0,
-        "inv_start": cfg.inv_start,
-        "inv_target": cfg.inv_target,
-        "seed": seed,
-        "dataset": data.name,
-        "train_images": len(data.train_x)
-        if not isinstance(data, ImageFolderData)
-        else len(data.train),
-        "epochs": cfg.epochs,
-        "steps": total_steps,
-        "test_acc": final["test_acc"],
-        "test_acc_tta": final["test_acc_tta"],
-        "test_loss": final["test_loss"],
-        "train_time_s": train_time,
-        "normalize": {"mean": list(data.mean), "std": list(data.std)},
-        "gcnn_version": gcnn.__version__,
-        "torch_version": torch.__version__,
-        "device": _device_name(device),
-        "world_size": ctx.world_size,
-        "torch_threads": torch.get_num_threads(),
-        "ranks_identical": identical,
-        "config": cfg.to_dict(),
-    }
+
+def non_finite(run: Run, meter: _Meter) -> str | None:
+    """Why the run has diverged (a non-finite loss or weight, on any rank), or ``None``."""
+    loss_ok = bool(torch.isfinite(meter.sums[:2]).all())
+    floats = [t for t in run.model.state_dict().values() if t.is_floating_point()]
+    bad = int(torch.stack([(~torch.isfinite(t)).sum() for t in floats]).sum())
+    flags = all_reduce_sum([float(not loss_ok), float(bad)], run.ctx)
+    if flags[0]:
+        return "the training loss is not finite"
+    if flags[1]:
+        return f"{int(flags[1] / run.ctx.world_size)} weights are not finite"
+    return None
+
+
+def _diverged(run: Run, meter: _Meter, reason: str) -> TrainingDiverged:
+    """Log the stop (main rank) and build the error; the last good state stays on disk."""
+    epoch = run.step // run.steps_per_epoch + (1 if run.step % run.steps_per_epoch else 0)
+    sums = all_reduce_sum(meter.values(), run.ctx)
+    seen = max(sums[3], 1.0)
+    row = {
+        "epoch": max(epoch, 1), "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": sums[0] / seen, "train_acc": 100 * sums[2] / seen,
+        "inv_loss": sums[1] / seen, "stopped": f"diverged: {reason}",
+    }  # fmt: skip
+    if run.ctx.is_main:
+        _write_jsonl(run.paths.log, [*run.history, row])
+    kept = (
+        f"the last good state (step {run.saved_step}) is kept in {run.paths.state}"
+        if run.saved_step is not None
+        else "no good state was saved"
+    )
+    return TrainingDiverged(
+        f"{run.paths.dir}: diverged at step {run.step} of {run.total_steps}: {reason}; {kept}; "
+        f"lower --lr (now {run.cfg.lr}) or lengthen --warmup, then retrain with --overwrite"
+    )
+
+
+def save_state(run: Run, meter: _Meter) -> None:
+    """Save the resumable state (main rank) once the loss and weights are checked finite."""
+    reason = non_finite(run, meter)
+    if reason is not None:
+        raise _diverged(run, meter, reason)
+    if run.ctx.is_main:
+        scalars = {
+            "step": run.step, "history": run.history, "meter": meter.values(),
+            "train_time": run.train_time, "config": run.cfg.to_dict(), "seed": run.seed,
+            "threads": torch.get_num_threads(), "data": run.identity,
+        }  # fmt: skip
+        save_train_state(
+            run.paths.state, run.model.state_dict(), run.optimizer.state_dict(), scalars
+        )
+    run.saved_step = run.step
+    barrier(run.ctx)
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, meter: _Meter) -> None:
+    """One optimizer step on the batch ``x (B, C, H, W)``, ``y (B,)`` at ``run.step``."""
+    cfg = run.cfg
+    for group in run.optimizer.param_groups:
+        group["lr"] = cfg.lr * lr_factor(run.step, run.total_steps, run.warmup_steps)
+    use_inv = cfg.regime == "cnn+inv" and run.step >= run.inv_start_step and cfg.inv_lambda > 0
+    with run.autocast:
+        loss, ce, inv, logits = regime_loss(run.net, x, y, cfg, use_inv, run.features)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    meter.add(ce, inv, (logits.argmax(1) == y).sum(), len(y))
+    run.step += 1
+
+
+def end_epoch(run: Run, epoch: int, meter: _Meter, epoch_time: float) -> dict[str, Any]:
+    """The epoch's log row (evaluated when due); raises when the run diverged or collapsed."""
+    cfg, ctx = run.cfg, run.ctx
+    reason = non_finite(run, meter)
+    if reason is not None:
+        raise _diverged(run, meter, reason)
+    run.train_time += epoch_time
+    loss_sum, inv_sum, correct, seen, _ = all_reduce_sum(meter.values(), ctx)
+    row: dict[str, Any] = {
+        "epoch": epoch + 1, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum / seen, "train_acc": 100 * correct / seen,
+        "inv_loss": inv_sum / seen, "images_per_s": seen / max(epoch_time, 1e-9),
+        "train_time_s": run.train_time,
+    }  # fmt: skip
+    last = run.step == run.total_steps
+    average_buffers(run.model, ctx)
+    if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+        result = evaluate(run.model, run.data, ctx, amp=cfg.amp, memory_format=run.memory_format)
+        row.update({f"test_{k}": v for k, v in result.items()})
+    run.history.append(row)
+    stop = None
+    if cfg.regime == "cnn+inv" and cfg.inv_lambda > 0:
+        inv_epoch = run.inv_start_step // run.steps_per_epoch + 1
+        stop = collapse(run.history, run.data.num_classes, inv_epoch)
+    if stop is not None:
+        row["stopped"] = stop
     if ctx.is_main:
-        save_weights(model.state_dict(), paths.weights)
-        write_json(paths.sidecar, sidecar)
-        paths.state.unlink(missing_ok=True)
+        _write_jsonl(run.paths.log, run.history)
+    if stop is not None:
+        raise TrainingCollapsed(f"{run.paths.dir}: {stop} (no model.safetensors written)")
+    return row
+
+
+def finish_run(run: Run) -> dict[str, Any]:
+    """Write the final weights and the sidecar (main rank), drop the state; return the sidecar."""
+    final, ctx, data = run.history[-1], run.ctx, run.data
+    identical = ranks_agree(run.model, ctx)
+    sidecar = build_sidecar(
+        run.cfg, run.seed, run.kwargs, run.identity,
+        normalize={"mean": list(data.mean), "std": list(data.std)},
+        results={
+            "steps": run.total_steps, "test_acc": final["test_acc"],
+            "test_acc_tta": final["test_acc_tta"], "test_loss": final["test_loss"],
+            "train_time_s": run.train_time, "gcnn_version": gcnn.__version__,
+            "torch_version": torch.__version__, "device": _device_name(ctx.device),
+            "world_size": ctx.world_size, "torch_threads": torch.get_num_threads(),
+            "ranks_identical": identical,
+        },
+    )  # fmt: skip
+    if ctx.is_main:
+        save_weights(run.model.state_dict(), run.paths.weights)
+        write_json(run.paths.sidecar, sidecar)
+        run.paths.state.unlink(missing_ok=True)
     barrier(ctx)
     return sidecar
+
+
+def _debug_hook(step: int, kill_after: int | None, stop_after: int | None) -> None:
+    if kill_after is not None and step == kill_after:
+        _kill_self()
+    if stop_after is not None and step == stop_after:
+        _stop_self()
+
+
+def run_epochs(
+    run: Run,
+    meter_values: list[float] | None,
+    *,
+    progress: bool = True,
+    debug_kill_after_step: int | None = None,
+    debug_stop_after_step: int | None = None,
+) -> None:
+    """Train ``run`` from its current step to the end, saving state and logging each epoch."""
+    cfg, ctx, spe = run.cfg, run.ctx, run.steps_per_epoch
+    if run.saved_step is None:  # a fresh run: the initial weights are the first good state
+        save_state(run, _Meter(ctx.device))
+    bar = tqdm(
+        total=run.total_steps, initial=run.step, disable=not (progress and ctx.is_main),
+        desc=f"seed {run.seed}", unit="step", dynamic_ncols=True, leave=True,
+    )  # fmt: skip
+    try:
+        while run.step < run.total_steps:
+            epoch, start = divmod(run.step, spe)
+            meter = _Meter(ctx.device, meter_values)
+            meter_values = None
+            tick = time.perf_counter()
+            for x, y in run.loader.epoch(epoch, start):
+                train_step(run, x, y, meter)
+                bar.update(1)
+                _show(bar, meter, run, tick)
+                if run.step % FINITE_CHECK_EVERY == 0 and run.step % spe:
+                    reason = non_finite(run, meter)
+                    if reason is not None:
+                        raise _diverged(run, meter, reason)
+                every = cfg.checkpoint_every
+                if every and run.step % every == 0 and run.step < run.total_steps:
+                    if run.step % spe:
+                        save_state(run, meter)
+                _debug_hook(run.step, debug_kill_after_step, debug_stop_after_step)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            row = end_epoch(run, epoch, meter, time.perf_counter() - tick)
+            if not bar.disable:
+                bar.write(_format_row(row))
+            if run.step < run.total_steps:
+                save_state(run, _Meter(ctx.device))
+    finally:
+        bar.close()
+        if run.features is not None:
+            run.features.remove()
+
+
+def _show(bar: tqdm, meter: _Meter, run: Run, tick: float) -> None:
+    if bar.disable or not (run.step % 10 == 0 or run.step % run.steps_per_epoch == 0):
+        return
+    s = meter.values()
+    bar.set_postfix(
+        loss=f"{s[0] / s[3]:.3f}", acc=f"{100 * s[2] / s[3]:.1f}",
+        img_s=f"{s[3] * run.ctx.world_size / (time.perf_counter() - tick):.0f}",
+    )  # fmt: skip
+
+
+def _locked(paths: RunPaths, ctx: DistContext) -> RunLock | None:
+    """Rank 0 takes the run folder's lock (refused with the holder's PID); others take none."""
+    for folder in (paths.dir, *paths.dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} is a file, not a folder: choose another --out")
+    lock = RunLock(paths.lock, what=f"the run folder {paths.dir}")
+    on_main(lambda: lock.acquire() and None, ctx)
+    return lock if ctx.is_main else None
+
+
+def train_seed(
+    cfg: TrainConfig,
+    data: Dataset,
+    seed: int,
+    out: str | Path,
+    ctx: DistContext,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    debug_kill_after_step: int | None = None,
+    debug_stop_after_step: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) the net of ``seed``; return its sidecar dict.
+
+    The run folder is ``out/<arch>_<regime>_<data>/seed<N>/`` (:func:`gcnn.runs.run_paths`),
+    locked while this runs; see :mod:`gcnn.train.guard` for what ``resume`` and ``overwrite``
+    do. Raises :class:`~gcnn.errors.RunFolderError` when the folder may not be written as
+    asked, :class:`~gcnn.errors.TrainingDiverged` / :class:`~gcnn.errors.TrainingCollapsed`
+    when the run stops itself.
+    """
+    final = run_paths(out, cfg, seed)
+    identity = data_identity(data)
+    lock = _locked(final, ctx)
+    try:
+        claim: Claim = on_main(
+            _claim(final, cfg, identity, resume=resume, overwrite=overwrite), ctx
+        )
+        if claim.finished is not None:
+            return claim.finished
+        run, meter_values = start_run(cfg, data, seed, ctx, claim)
+        run_epochs(
+            run, meter_values, progress=progress, debug_kill_after_step=debug_kill_after_step,
+            debug_stop_after_step=debug_stop_after_step,
+        )  # fmt: skip
+        sidecar = finish_run(run)
+        on_main(lambda: commit(claim), ctx)
+        return sidecar
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _claim(
+    final: RunPaths, cfg: TrainConfig, identity: dict[str, Any], *, resume: bool, overwrite: bool
+) -> Callable[[], Claim]:
+    def decide() -> Claim:
+        return claim_run(final, cfg.to_dict(), identity, resume=resume, overwrite=overwrite)
+
+    return decide
 
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return str(device)
-
-
-def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite the JSONL log from the full history (atomic; consistent after resume)."""
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-    os.replace(tmp, path)
 
 
 def _format_row(row: dict[str, Any]) -> str:

@@ -14,7 +14,18 @@ import math
 import torch
 from torch import Tensor, nn
 
+from gcnn.errors import TrainingCollapsed, UsageError
 from gcnn.models.flipify import FlipModelMixin
+
+__all__ = [
+    "PenultimateFeatures",
+    "TrainingCollapsed",
+    "check_regime",
+    "collapse",
+    "invariance_loss",
+    "is_flip_model",
+    "last_linear",
+]
 
 
 def is_flip_model(arch: str, model: nn.Module) -> bool:
@@ -25,12 +36,12 @@ def is_flip_model(arch: str, model: nn.Module) -> bool:
 
 
 def check_regime(regime: str, arch: str, model: nn.Module) -> None:
-    """Raise ``ValueError`` if ``regime`` does not fit the architecture."""
+    """Raise :class:`~gcnn.errors.UsageError` if ``regime`` does not fit the architecture."""
     flip = is_flip_model(arch, model)
     if regime == "gcnn" and not flip:
-        raise ValueError(f"regime gcnn needs a flip architecture (e.g. vgg11_flip), not {arch!r}")
+        raise UsageError(f"regime gcnn needs a flip architecture (e.g. vgg11_flip), not {arch!r}")
     if regime in ("cnn", "cnn+inv") and flip:
-        raise ValueError(
+        raise UsageError(
             f"regime {regime} trains a plain CNN; {arch!r} is a flip model (use --regime gcnn)"
         )
 
@@ -91,10 +102,6 @@ def invariance_loss(a: Tensor, b: Tensor, target: str = "logits") -> Tensor:
     kl_pm = (log_p.exp() * (log_p - log_m)).sum(1)
     kl_qm = (log_q.exp() * (log_q - log_m)).sum(1)
     return (0.5 * (kl_pm + kl_qm)).mean().clamp_min(0)
-
-
-class TrainingCollapsed(RuntimeError):
-    """A ``cnn+inv`` run collapsed after its invariance loss switched on (see :func:`collapse`)."""
 
 
 def collapse(history: list[dict], num_classes: int, inv_start_epoch: int) -> str | None:

@@ -15,19 +15,12 @@ from typing import Any
 
 from torch import Tensor
 
-from gcnn.checkpoint import CheckpointError
+from gcnn.errors import CheckpointError
+from gcnn.runs import json_safe, write_json
+
+__all__ = ["load_train_state", "read_state_scalars", "save_train_state", "write_json"]
 
 _META_KEY = "gcnn_train_state"
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def save_train_state(
@@ -45,12 +38,25 @@ def save_train_state(
         for name, value in per_param.items():
             if isinstance(value, Tensor):
                 tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous()
-    meta = {"scalars": scalars, "param_groups": optimizer_state["param_groups"]}
+    meta = json_safe({"scalars": scalars, "param_groups": optimizer_state["param_groups"]})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta, allow_nan=False)})
     os.replace(tmp, path)
     return path
+
+
+def read_state_scalars(path: str | Path) -> dict[str, Any]:
+    """The scalars of the state at ``path`` (step, history, config, …) without its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})[_META_KEY])["scalars"]
+    except Exception as err:  # safetensors/json raise several types
+        raise CheckpointError(
+            f"{path} is not a gcnn training state ({err}): delete it, or retrain with --overwrite"
+        ) from err
 
 
 def load_train_state(
@@ -65,7 +71,9 @@ def load_train_state(
             meta = json.loads((f.metadata() or {})[_META_KEY])
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as err:  # safetensors/json raise several types
-        raise CheckpointError(f"{path} is not a gcnn training state: {err}") from err
+        raise CheckpointError(
+            f"{path} is not a gcnn training state ({err}): delete it, or retrain with --overwrite"
+        ) from err
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     per_param: dict[int, dict[str, Tensor]] = {}
     for key, value in tensors.items():

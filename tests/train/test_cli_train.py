@@ -31,7 +31,7 @@ def test_smoke_run_on_samples_prints_a_summary_per_seed(tmp_path: Path, capsys) 
         (["--arch", "vgg13"], "unknown model"),
         (["--arch", "vgg11", "--regime", "gcnn"], "needs a flip architecture"),
         (["--arch", "vgg11_flip", "--regime", "cnn"], "flip model"),
-        (["--epochs", "0"], "invalid epochs"),
+        (["--epochs", "0"], "invalid --epochs 0"),
         (["--arch-kwarg", "depth=3"], "does not accept"),
         (["--data", "imagefolder"], "needs --data-root"),
         (["--data", "cifar10", "--data-root", "/nonexistent"], "CIFAR-10 not found"),
