@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import gcnn
 from gcnn.errors import GcnnError, UsageError, one_line
@@ -29,11 +29,15 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that never matches abbreviated flags."""
+    """An ``ArgumentParser`` that never matches abbreviated flags and words its errors in one
+    line (exit code 2)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
