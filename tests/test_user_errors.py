@@ -170,6 +170,7 @@ CHECK_CASES = {
     "image size 0": (["--image-size", "0"], ["--image-size 0", "≥ 1"]),
     "image size -5": (["--image-size", "-5"], ["--image-size -5"]),
     "unknown device": (["--device", "tpu"], ["--device 'tpu'"]),
+    "corrupt JPEG": (["--data", "broken"], ["cut.jpg is not a readable image"]),
     "channel mismatch": (["--data", "fashion-mnist-samples"],
                          ["does not take the 1-channel images", "in_channels"]),
 }  # fmt: skip
@@ -178,7 +179,8 @@ CHECK_CASES = {
 @pytest.mark.parametrize("case", list(CHECK_CASES))
 def test_check_bad_input(case: str, files, tmp_path: Path, capsys) -> None:
     args, words = CHECK_CASES[case]
-    args = [str(files["dir"] / a) if a.endswith(".pt") or a == "tree" else a for a in args]
+    args = [str(files["dir"] / a) if a.endswith(".pt") or a in ("tree", "broken") else a
+            for a in args]  # fmt: skip
     if "--data" not in args:
         args += SAMPLES
     out = tmp_path / "out"

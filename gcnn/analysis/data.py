@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 from torchvision import datasets, transforms
 
-from gcnn.data.datasets import DATASETS, load_dataset, to_float
+from gcnn.data.datasets import DATASETS, load_dataset, read_image, to_float
 from gcnn.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from gcnn.data.tensor_dataset import ImageTensors
 
@@ -82,7 +81,7 @@ def _read_folder(
     tf = _eval_transform(size, resize)
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     if subdirs:
-        folder = datasets.ImageFolder(str(root), transform=tf)
+        folder = datasets.ImageFolder(str(root), transform=tf, loader=read_image)
         if len(folder) == 0:
             raise ValueError(f"no images found in {root} (class sub-folders are empty)")
         count = min(limit, len(folder))
@@ -93,7 +92,7 @@ def _read_folder(
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
         raise ValueError(f"no images found in {root} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return torch.stack([tf(Image.open(f).convert("RGB")) for f in files]), None
+    return torch.stack([tf(read_image(str(f))) for f in files]), None
 
 
 def load_analysis_data(
