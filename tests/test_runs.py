@@ -84,3 +84,15 @@ def test_logs_and_sidecars_are_standard_json(tmp_path: Path) -> None:
     assert json_safe(rows) == [{"loss": None, "acc": [1.0, None, None], "ok": 2.5}]
     path = write_jsonl(tmp_path / "log.jsonl", rows)
     assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+
+
+def test_the_training_guide_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The python blocks of docs/training.md run as written (from the repository root)."""
+    import re
+
+    guide = ROOT / "docs" / "training.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
+    assert blocks
+    monkeypatch.chdir(ROOT)
+    for block in blocks:
+        exec(compile(block, str(guide), "exec"), {})
