@@ -37,7 +37,7 @@ from escnn.gspaces import GSpace, GSpace2D
 from escnn.kernels import KernelBasis
 from torch import Tensor, nn
 
-from gcnn.nn import FlipBatchNorm2d, FlipConv2d, InvariantLinear
+from gcnn.nn import Fields, FlipBatchNorm2d, FlipConv2d, FlipModule, InvariantLinear
 from gcnn.nn.fields import FieldType as FieldName
 from gcnn.nn.fields import check_field_type
 
@@ -403,7 +403,7 @@ def _as_int(value: int | tuple[int, ...] | str, name: str) -> int:
     return int(value[0])
 
 
-class EscnnConv2d(nn.Module):
+class EscnnConv2d(FlipModule):
     r"""Flip-equivariant conv built on escnn's ``R2Conv``: a drop-in for :class:`FlipConv2d`.
 
     Input ``(B, in_channels, H, W)`` (``in_type`` field), output ``(B, out_channels, H', W')``
@@ -415,6 +415,7 @@ class EscnnConv2d(nn.Module):
     """
 
     reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
+    projection_error: float = 0.0  # residual of the last from_flip change of basis
 
     def __init__(
         self,
@@ -445,6 +446,14 @@ class EscnnConv2d(nn.Module):
             padding_mode=padding_mode,
             bias=bias,
         )
+
+    @property
+    def in_fields(self) -> Fields:
+        return Fields.of(self.in_type, self.in_channels)
+
+    @property
+    def out_fields(self) -> Fields:
+        return Fields.of(self.out_type, self.out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(enn.GeometricTensor(x, self.conv.in_type)).tensor
@@ -534,7 +543,7 @@ def _inner_batchnorm_prototype(
     )
 
 
-class EscnnBatchNorm2d(nn.Module):
+class EscnnBatchNorm2d(FlipModule):
     r"""escnn's ``InnerBatchNorm`` on a regular field: a drop-in for :class:`FlipBatchNorm2d`.
 
     Input and output ``(B, C, H, W)``; each pair ``(2k, 2k+1)`` is normalised with one mean and
@@ -557,6 +566,14 @@ class EscnnBatchNorm2d(nn.Module):
         self.bn = copy.deepcopy(
             _inner_batchnorm_prototype(num_channels, eps, momentum, affine, track_running_stats)
         )
+
+    @property
+    def in_fields(self) -> Fields:
+        return Fields.of("regular", self.num_channels)
+
+    @property
+    def out_fields(self) -> Fields:
+        return self.in_fields
 
     @property
     def inner(self) -> nn.modules.batchnorm._BatchNorm:
@@ -630,7 +647,7 @@ class EscnnBatchNorm2d(nn.Module):
         return f"{self.num_channels} (pairs={self.num_channels // 2})"
 
 
-class EscnnInvariantLinear(nn.Module):
+class EscnnInvariantLinear(FlipModule):
     r"""Invariant head: escnn 1×1 ``R2Conv`` from a regular to a trivial field on a 1×1 map.
 
     Input ``(B, in_features)`` (pairs interleaved), output ``(B, out_features)``. The only
@@ -641,6 +658,7 @@ class EscnnInvariantLinear(nn.Module):
     """
 
     reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
+    projection_error: float = 0.0  # residual of the last from_flip change of basis
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -648,6 +666,14 @@ class EscnnInvariantLinear(nn.Module):
         self.conv = full_basis_r2conv(
             field_type(in_features, "regular"), field_type(out_features, "trivial"), 1, bias=bias
         )
+
+    @property
+    def in_fields(self) -> Fields:
+        return Fields.of("regular", self.in_features)
+
+    @property
+    def out_fields(self) -> Fields:
+        return Fields(trivial=self.out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(enn.GeometricTensor(x[:, :, None, None], self.conv.in_type))
@@ -702,7 +728,7 @@ class EscnnInvariantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, regular→trivial"
 
 
-class EscnnPointwise(nn.Module):
+class EscnnPointwise(FlipModule):
     r"""A pointwise escnn module (``ReLU``, ``PointwiseMaxPool2D``, ``PointwiseAdaptiveAvgPool2D``)
     that accepts a regular field of any width.
 

@@ -3,14 +3,18 @@
 from gcnn.nn.batchnorm import FlipBatchNorm2d
 from gcnn.nn.conv import FlipConv2d
 from gcnn.nn.export import export_modules
-from gcnn.nn.fields import FIELD_TYPES, FieldType, flip_action, swap_pairs
+from gcnn.nn.fields import FIELD_TYPES, Fields, FieldSpec, FieldType, flip_action, swap_pairs
+from gcnn.nn.module import FlipModule
 from gcnn.nn.pooling import InvariantLinear, PairPool
 
 __all__ = [
     "FIELD_TYPES",
+    "FieldSpec",
     "FieldType",
+    "Fields",
     "FlipBatchNorm2d",
     "FlipConv2d",
+    "FlipModule",
     "InvariantLinear",
     "PairPool",
     "export_modules",

@@ -6,18 +6,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gcnn.nn.expansion import expand_bias
+from gcnn.nn.fields import Fields, FieldSpec, check_field_spec
+from gcnn.nn.module import FlipModule
 
-class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm):
-    r"""BatchNorm on a regular field: one mean, variance, weight and bias per channel pair.
 
-    Input and output ``(B, C, H, W)`` with ``C = 2·num_pairs``. Pair ``k`` is normalised with
-    statistics over batch, height, width *and* both channels ``2k, 2k+1``, which is what makes
-    it flip-equivariant in train mode too: ``g·x`` has the same pair statistics as ``x``.
-    Parameters and buffers have shape ``(C/2,)``.
+class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm, FlipModule):
+    r"""BatchNorm on a field layout: one mean, variance, weight and bias per field.
 
-    No copy of the activations is made and the memory format is kept: a channels-first input
-    is viewed as ``(B, C/2, 2H, W)``, a channels-last one as ``(B·H·W, C/2, 2)``, and both go
-    through :func:`torch.nn.functional.batch_norm`.
+    Input and output ``(B, C, H, W)`` with ``C = t + 2r`` for ``fields = Fields(t, r)``
+    (default ``"regular"``: ``t = 0``). A trivial channel is normalised on its own, as in
+    :class:`torch.nn.BatchNorm2d`; pair ``k`` with statistics over batch, height, width *and*
+    both channels ``t + 2k, t + 2k + 1``, which is what makes it flip-equivariant in train mode
+    too: ``g·x`` has the same pair statistics as ``x``. Parameters and buffers have shape
+    ``(t + r,)``: the trivial channels', then the pairs'.
+
+    On a regular field no copy of the activations is made and the memory format is kept: a
+    channels-first input is viewed as ``(B, C/2, 2H, W)``, a channels-last one as
+    ``(B·H·W, C/2, 2)``, and both go through :func:`torch.nn.functional.batch_norm`. A mixed
+    layout normalises its two parts separately and concatenates them.
     """
 
     def __init__(
@@ -29,13 +36,12 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm):
         track_running_stats: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        fields: FieldSpec = "regular",
     ) -> None:
-        if num_channels % 2:
-            raise ValueError(
-                f"a regular field needs an even number of channels, got {num_channels}"
-            )
+        layout = Fields.of(check_field_spec(fields, "fields"), num_channels)
         super().__init__(
-            num_channels // 2,
+            layout.trivial + layout.regular,
             eps,
             momentum,
             affine,
@@ -44,6 +50,15 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm):
             dtype=dtype,
         )
         self.num_channels = num_channels
+        self.fields = layout
+
+    @property
+    def in_fields(self) -> Fields:
+        return self.fields
+
+    @property
+    def out_fields(self) -> Fields:
+        return self.fields
 
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() != 4:
@@ -65,23 +80,44 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
         factor, use_batch_stats = self._momentum_and_mode()
+        t = self.fields.trivial
+        if t == 0:
+            return self._normalise_pairs(x, slice(None), factor, use_batch_stats)
+        trivial = self._batch_norm(x[:, :t], slice(0, t), factor, use_batch_stats)
+        if self.fields.regular == 0:
+            return trivial
+        pairs = self._normalise_pairs(x[:, t:], slice(t, None), factor, use_batch_stats)
+        return torch.cat((trivial, pairs), dim=1)
+
+    def _batch_norm(self, x: Tensor, part: slice, factor: float, use_batch_stats: bool) -> Tensor:
+        """``F.batch_norm`` of ``x`` with the parameters and buffers ``[part]`` (views: the
+        running statistics are updated in place)."""
+        running = not self.training or self.track_running_stats
+
+        def view(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[part]
+
+        return F.batch_norm(
+            x,
+            view(self.running_mean) if running else None,
+            view(self.running_var) if running else None,
+            view(self.weight),
+            view(self.bias),
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+    def _normalise_pairs(
+        self, x: Tensor, part: slice, factor: float, use_batch_stats: bool
+    ) -> Tensor:
         b, c, h, w = x.shape
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if channels_last:
             pairs = x.permute(0, 2, 3, 1).reshape(b * h * w, c // 2, 2)
         else:
             pairs = x.contiguous().view(b, c // 2, 2 * h, w)
-        running = not self.training or self.track_running_stats
-        y = F.batch_norm(
-            pairs,
-            self.running_mean if running else None,
-            self.running_var if running else None,
-            self.weight,
-            self.bias,
-            use_batch_stats,
-            factor,
-            self.eps,
-        )
+        y = self._batch_norm(pairs, part, factor, use_batch_stats)
         if channels_last:
             return y.view(b, h, w, c).permute(0, 3, 1, 2)
         return y.view(b, c, h, w)
@@ -104,17 +140,17 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm):
             dtype=self.bias.dtype if self.affine else None,
         )
         if self.affine:
-            bn.weight.copy_(self.weight.repeat_interleave(2))
-            bn.bias.copy_(self.bias.repeat_interleave(2))
+            bn.weight.copy_(expand_bias(self.weight, self.fields))
+            bn.bias.copy_(expand_bias(self.bias, self.fields))
         if self.track_running_stats:
-            bn.running_mean.copy_(self.running_mean.repeat_interleave(2))
-            bn.running_var.copy_(self.running_var.repeat_interleave(2))
+            bn.running_mean.copy_(expand_bias(self.running_mean, self.fields))
+            bn.running_var.copy_(expand_bias(self.running_var, self.fields))
             bn.num_batches_tracked.copy_(self.num_batches_tracked)
         return bn.train(self.training)
 
     @classmethod
     @torch.no_grad()
-    def from_batchnorm(cls, bn: nn.BatchNorm2d) -> FlipBatchNorm2d:
+    def from_batchnorm(cls, bn: nn.BatchNorm2d, fields: FieldSpec = "regular") -> FlipBatchNorm2d:
         """A pair-sharing BatchNorm with ``bn``'s settings; parameters averaged inside pairs."""
         ref = bn.weight if bn.affine else bn.running_mean
         flip = cls(
@@ -125,17 +161,25 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm):
             bn.track_running_stats,
             device=None if ref is None else ref.device,
             dtype=None if ref is None else ref.dtype,
+            fields=fields,
         )
+        layout = flip.fields
         if bn.affine:
-            flip.weight.copy_(bn.weight.view(-1, 2).mean(1))
-            flip.bias.copy_(bn.bias.view(-1, 2).mean(1))
+            flip.weight.copy_(pair_mean(bn.weight, layout))
+            flip.bias.copy_(pair_mean(bn.bias, layout))
         if bn.track_running_stats:
-            flip.running_mean.copy_(bn.running_mean.view(-1, 2).mean(1))
-            flip.running_var.copy_(bn.running_var.view(-1, 2).mean(1))
+            flip.running_mean.copy_(pair_mean(bn.running_mean, layout))
+            flip.running_var.copy_(pair_mean(bn.running_var, layout))
             flip.num_batches_tracked.copy_(bn.num_batches_tracked)
         return flip.train(bn.training)
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels} (pairs={self.num_features}), eps={self.eps}, " + (
+        return f"{self.num_channels} ({self.fields}), eps={self.eps}, " + (
             f"momentum={self.momentum}, affine={self.affine}"
         )
+
+
+def pair_mean(values: Tensor, fields: Fields) -> Tensor:
+    """``(C,) → (t + r,)``: trivial channels kept, each pair averaged."""
+    t = fields.trivial
+    return torch.cat((values[:t], values[t:].view(-1, 2).mean(1)))

@@ -1,38 +1,60 @@
-"""Reflection-symmetric (flip-equivariant) 2-D convolution."""
+"""Reflection-symmetric (flip-equivariant) 2-D convolution on any field layout."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from gcnn.nn.fields import FieldType, check_field_type
+from gcnn.nn.expansion import (
+    ConvFields,
+    FreeWeights,
+    expand_bias,
+    expand_conv_weight,
+    free_bias,
+    free_from_full,
+    local_input_fields,
+)
+from gcnn.nn.fields import Fields, FieldSpec, check_field_spec
+from gcnn.nn.module import FlipModule
+
+#: Free-weight block (see :mod:`gcnn.nn.expansion`) → parameter name, when it is not the first
+#: present block (the first present block is always called ``weight``).
+_BLOCK_NAMES = {"pairs": "weight", "invariant": "trivial_weight", "symmetric": "symmetric_weight"}
 
 
-class FlipConv2d(nn.Module):
+class FlipConv2d(FlipModule):
     r"""A conv that commutes with the horizontal flip: ``conv(g·x) = g·conv(x)``.
 
     Shapes: input ``(B, in_channels, H, W)``, output ``(B, out_channels, H', W')`` exactly as
     :class:`torch.nn.Conv2d` with the same arguments. Equivariance is exact when every strided
     op sees a width with ``(W + 2p - d(k-1) - 1) % s == 0`` (see :mod:`gcnn.exactness`).
 
-    Weight constraint (``F`` mirrors the kernel width, ``S`` swaps input pairs, ``S = id`` on a
-    trivial input; the stored free weight is ``self.weight``):
+    ``in_type`` / ``out_type``: a :class:`~gcnn.nn.Fields` layout (``t`` trivial channels,
+    then ``r`` interleaved pairs) or the shorthand ``"trivial"`` / ``"regular"`` for all
+    channels. Every combination works, trivial→trivial (mirror-symmetric kernels) included.
+    The full weight is expanded from complete free weights by
+    :func:`gcnn.nn.expansion.expand_conv_weight` (``F`` mirrors the kernel width, ``S`` swaps
+    input pairs):
 
-    * ``regular`` output: ``self.weight`` is ``w`` of shape ``(out/2, in/groups, kh, kw)`` and
-      the full weight interleaves ``W[2k] = w[k]`` with its mirror ``W[2k+1] = F S w[k]``.
-      Bias ``b`` of shape ``(out/2,)`` is shared inside each pair.
-    * ``trivial`` output (invariant, needs a regular input): ``self.weight`` is ``u`` of shape
-      ``(out, in/groups/2, kh, kw)`` and ``W[:, 2j] = u[:, j]``, ``W[:, 2j+1] = F u[:, j]``, so
-      ``W = F S W``. Bias of shape ``(out,)``.
+    * output pairs: ``self.weight`` is ``w`` of shape ``(pairs_out, in/groups, kh, kw)``,
+      ``W[t + 2k] = w[k]`` and ``W[t + 2k + 1] = F S w[k]``; one bias per pair;
+    * trivial outputs: free pair columns ``u`` of shape ``(t_out, pairs_in/groups, kh, kw)``
+      (``W[:, 2j] = u[:, j]``, ``W[:, 2j+1] = F u[:, j]``) and, from trivial inputs,
+      mirror-symmetric kernels of free left halves ``(t_out, t_in/groups, kh, ⌈kw/2⌉)``.
 
-    Groups: pairs must not straddle groups, so ``out/groups`` must be even for a regular output
-    and ``in/groups`` even for a regular input — except the depthwise case
-    ``groups == in == out`` with regular fields, where pair partners sit in neighbouring groups
-    and the mirror is ``W[2k+1] = F W[2k]``.
+    The first non-empty block is the parameter ``weight`` (so the all-regular and all-trivial
+    layouts keep their names); the others are ``trivial_weight`` (pair columns of trivial
+    rows) and ``symmetric_weight``. The bias has shape ``(t_out + pairs_out,)``.
+
+    Groups: each group must see the same input layout and the flip must map a row's group to
+    its partner's: all-trivial or all-regular inputs with pairs inside groups, or depthwise
+    (``groups == in == out``, same layout in and out; pair partners sit in neighbouring groups).
+    Mixed layouts need ``groups == 1``.
     """
 
     def __init__(
@@ -46,19 +68,14 @@ class FlipConv2d(nn.Module):
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
-        in_type: FieldType = "regular",
-        out_type: FieldType = "regular",
+        in_type: FieldSpec = "regular",
+        out_type: FieldSpec = "regular",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_type = check_field_type(in_type, "in_type")
-        self.out_type = check_field_type(out_type, "out_type")
-        if in_type == "trivial" and out_type == "trivial":
-            raise ValueError(
-                "trivial→trivial flip convs (mirror-symmetric kernels) are not supported; "
-                "use in_type='trivial', out_type='regular' and pool the pairs"
-            )
+        check_field_spec(in_type, "in_type")
+        check_field_spec(out_type, "out_type")
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
@@ -72,6 +89,10 @@ class FlipConv2d(nn.Module):
             raise ValueError(f"padding must be 'valid', 'same' or ints, got {padding!r}")
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(f"unknown padding_mode {padding_mode!r}")
+        self._in_fields = Fields.of(in_type, in_channels)
+        self._out_fields = Fields.of(out_type, out_channels)
+        self.in_type: FieldSpec = in_type
+        self.out_type: FieldSpec = out_type
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size)
@@ -80,66 +101,51 @@ class FlipConv2d(nn.Module):
         self.dilation = _pair(dilation)
         self.groups = groups
         self.padding_mode = padding_mode
-        self._depthwise_pairs = self._pair_layout_in_groups()
-
-        in_g = in_channels // groups
-        kh, kw = self.kernel_size
-        factory = {"device": device, "dtype": dtype}
-        if out_type == "regular":
-            shape = (out_channels // 2, in_g, kh, kw)
-            bias_shape = (out_channels // 2,)
-        else:
-            shape = (out_channels, in_g // 2, kh, kw)
-            bias_shape = (out_channels,)
-        self.weight = nn.Parameter(torch.empty(shape, **factory))
-        self.bias = nn.Parameter(torch.empty(bias_shape, **factory)) if bias else None
+        self.fields = ConvFields(
+            self._out_fields, local_input_fields(self._in_fields, self._out_fields, groups)
+        )
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self._block_params: dict[str, str] = {}
+        for i, (block, shape) in enumerate(self.fields.shapes(self.kernel_size).items()):
+            name = "weight" if i == 0 else _BLOCK_NAMES[block]
+            self._block_params[block] = name
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+        n_bias = self._out_fields.trivial + self._out_fields.regular
+        self.bias = nn.Parameter(torch.empty(n_bias, **factory)) if bias else None
         self.reset_parameters()
 
-    def _pair_layout_in_groups(self) -> bool:
-        """Validate that pairs fit the groups; True for the depthwise-pairs special case."""
-        if self.groups == 1:
-            return False
-        in_g = self.in_channels // self.groups
-        out_g = self.out_channels // self.groups
-        depthwise = in_g == 1 and out_g == 1
-        if self.in_type == "regular" and self.out_type == "regular" and depthwise:
-            return True
-        if self.out_type == "regular" and out_g % 2:
-            raise ValueError(
-                f"groups={self.groups} splits output pairs: out_channels/groups = {out_g} "
-                "must be even (or use groups == in_channels == out_channels)"
-            )
-        if self.in_type == "regular" and in_g % 2:
-            raise ValueError(
-                f"groups={self.groups} splits input pairs: in_channels/groups = {in_g} "
-                "must be even (or use groups == in_channels == out_channels)"
-            )
-        return False
+    @property
+    def in_fields(self) -> Fields:
+        return self._in_fields
+
+    @property
+    def out_fields(self) -> Fields:
+        return self._out_fields
+
+    def free_weights(self) -> FreeWeights:
+        """The free blocks (parameters, not copies)."""
+        return FreeWeights(**{b: getattr(self, n) for b, n in self._block_params.items()})
+
+    def free_parameter_count(self) -> int:
+        """Free parameters of the weight: the dimension of the equivariant filters."""
+        return self.fields.free_count(self.kernel_size)
 
     def reset_parameters(self) -> None:
         """He-normal init of the full filter, fan-in ``in/groups · kh · kw``."""
         kh, kw = self.kernel_size
         fan_in = (self.in_channels // self.groups) * kh * kw
-        nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / fan_in))
+        for name in self._block_params.values():
+            nn.init.normal_(getattr(self, name), 0.0, math.sqrt(2.0 / fan_in))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def full_weight(self) -> Tensor:
         """The constrained weight of shape ``(out_channels, in_channels/groups, kh, kw)``."""
-        w = self.weight
-        if self.out_type == "trivial":  # u -> interleave (u, F u) along the input dim
-            return torch.stack((w, w.flip(-1)), dim=2).flatten(1, 2)
-        if self.in_type == "regular" and not self._depthwise_pairs:
-            mirror = w.unflatten(1, (-1, 2)).flip(2, -1).flatten(1, 2)  # F S w
-        else:
-            mirror = w.flip(-1)  # F w
-        return torch.stack((w, mirror), dim=1).flatten(0, 1)
+        return expand_conv_weight(self.free_weights(), self.fields, self.kernel_size[1])
 
     def full_bias(self) -> Tensor | None:
-        """The bias of shape ``(out_channels,)``, repeated inside pairs for a regular output."""
-        if self.bias is None or self.out_type == "trivial":
-            return self.bias
-        return self.bias.repeat_interleave(2)
+        """The bias of shape ``(out_channels,)``, repeated inside pairs."""
+        return None if self.bias is None else expand_bias(self.bias, self._out_fields)
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias = self.full_weight(), self.full_bias()
@@ -152,6 +158,10 @@ class FlipConv2d(nn.Module):
         else:
             padding = self.padding
         return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+    def _factory(self) -> dict[str, Any]:
+        ref = next(iter(self.parameters()))
+        return {"device": ref.device, "dtype": ref.dtype}
 
     @torch.no_grad()
     def export(self) -> nn.Conv2d:
@@ -166,23 +176,34 @@ class FlipConv2d(nn.Module):
             groups=self.groups,
             bias=self.bias is not None,
             padding_mode=self.padding_mode,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
+            **self._factory(),
         )
         conv.weight.copy_(self.full_weight())
         if self.bias is not None:
             conv.bias.copy_(self.full_bias())
         return conv.train(self.training)
 
+    @torch.no_grad()
+    def set_full_weight(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        """Set the free weights from a full filter (and the bias from a full ``(out,)`` bias)
+        with :func:`gcnn.nn.expansion.free_from_full`: exact for an equivariant filter."""
+        free = free_from_full(weight, self.fields)
+        for block, name in self._block_params.items():
+            getattr(self, name).copy_(getattr(free, block))
+        if bias is not None and self.bias is not None:
+            self.bias.copy_(free_bias(bias, self._out_fields))
+
     @classmethod
     @torch.no_grad()
     def from_conv(
-        cls, conv: nn.Conv2d, in_type: FieldType = "regular", out_type: FieldType = "regular"
+        cls, conv: nn.Conv2d, in_type: FieldSpec = "regular", out_type: FieldSpec = "regular"
     ) -> FlipConv2d:
         """A flip conv with ``conv``'s hyper-parameters, initialised from its weights.
 
-        The free weight takes ``conv``'s even output filters (regular output) or its even input
-        columns (trivial output), so the filter scale of ``conv``'s init is kept.
+        The free weights are read off ``conv``'s filter (:meth:`set_full_weight`: the first
+        filter of each output pair, the first column of each input pair of trivial outputs,
+        the left half of trivial→trivial kernels), so the filter scale of ``conv``'s init is
+        kept, and an equivariant ``conv`` converts exactly.
         """
         flip = cls(
             conv.in_channels,
@@ -199,14 +220,7 @@ class FlipConv2d(nn.Module):
             device=conv.weight.device,
             dtype=conv.weight.dtype,
         )
-        if out_type == "regular":
-            flip.weight.copy_(conv.weight[0::2])
-            if conv.bias is not None:
-                flip.bias.copy_(conv.bias[0::2])
-        else:
-            flip.weight.copy_(conv.weight[:, 0::2])
-            if conv.bias is not None:
-                flip.bias.copy_(conv.bias)
+        flip.set_full_weight(conv.weight, conv.bias)
         return flip.train(conv.training)
 
     def extra_repr(self) -> str:
@@ -222,4 +236,8 @@ class FlipConv2d(nn.Module):
             s += ", bias=False"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode}"
-        return s + f", {self.in_type}→{self.out_type}"
+        return s + f", {_describe(self.in_type)}→{_describe(self.out_type)}"
+
+
+def _describe(spec: FieldSpec) -> str:
+    return spec if isinstance(spec, str) else str(spec)

@@ -6,9 +6,11 @@ import copy
 
 from torch import nn
 
+from gcnn.nn.module import FlipModule
+
 
 def export_modules(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` where every sub-module with an ``export()`` method is exported.
+    """A copy of ``module`` where every :class:`FlipModule` below the root is exported.
 
     The copy keeps the class of ``module`` and of every container; the caller's module and its
     train/eval mode are left untouched. Forward hooks and pre-hooks that flip models use to
@@ -22,9 +24,8 @@ def export_modules(module: nn.Module) -> nn.Module:
 
 def _export_children(module: nn.Module) -> None:
     for name, child in module.named_children():
-        export = getattr(child, "export", None)
-        if callable(export):
-            setattr(module, name, export())
+        if isinstance(child, FlipModule):
+            setattr(module, name, child.export())
         else:
             _export_children(child)
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gcnn.exactness import flip_exactness
-from gcnn.nn import FlipConv2d, swap_pairs
+from gcnn.nn import Fields, FlipConv2d, swap_pairs
 from gcnn.testing import TOLERANCES, assert_flip_equivariant, flip_equivariance_error
 from tests.strategies import ConvCase, conv_cases
 
@@ -110,9 +110,16 @@ def test_from_conv_keeps_hyper_parameters_and_even_filters() -> None:
         ({"in_channels": 3, "out_channels": 4}, "even in_channels"),
         ({"in_channels": 4, "out_channels": 5}, "even out_channels"),
         (
-            {"in_channels": 3, "out_channels": 4, "in_type": "trivial", "out_type": "trivial"},
-            "trivial→trivial",
+            {"in_channels": 5, "out_channels": 4, "groups": 2,
+             "in_type": Fields(trivial=1, regular=2)},
+            "divisible by groups",
         ),
+        (
+            {"in_channels": 6, "out_channels": 4, "groups": 2,
+             "in_type": Fields(trivial=2, regular=2)},
+            "mixes field kinds",
+        ),
+        ({"in_channels": 4, "out_channels": 4, "in_type": Fields(trivial=1)}, "has 1 channels"),
         ({"in_channels": 4, "out_channels": 6, "groups": 3}, "divisible by groups"),
         ({"in_channels": 8, "out_channels": 4, "groups": 4}, "splits output pairs"),
         ({"in_channels": 4, "out_channels": 4, "in_type": "vector"}, "in_type must be one of"),

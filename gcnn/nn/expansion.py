@@ -1,0 +1,168 @@
+r"""The one weight expansion of flip convs: free weights ↔ the full, constrained filter.
+
+Both backends use it: :class:`gcnn.nn.FlipConv2d` stores the free weights as parameters, the
+escnn layers compute them from basis coefficients.
+
+A conv from input layout ``in`` to output layout ``out`` with ``groups`` groups has a full
+weight ``W`` of shape ``(out.channels, in.channels/groups, kh, kw)``. Each row reads one group
+of ``in_g = in.channels/groups`` input channels whose local layout is a :class:`Fields`
+``L = (t_l, r_l)`` (for ``groups == 1``, ``L = in``). The conv commutes with the flip iff
+
+    ``W[σ_out(o)] = F L·W[o]``  for every output channel ``o``,
+
+with ``F`` mirroring the kernel width, ``L·`` permuting the input columns by ``L``'s flip
+permutation and ``σ_out`` the output's. This fixes the rows of each output pair from the first
+one and ties the columns of each trivial row. The free weights (``T``/``R`` = trivial channels /
+pairs of ``out``):
+
+* ``pairs``: ``(R, in_g, kh, kw)``, the first row of each output pair (any values); the second
+  row is ``F L·w``;
+* ``invariant``: ``(T, r_l, kh, kw)``, the first column of each input pair for the trivial rows;
+  the second column is its mirror;
+* ``symmetric``: ``(T, t_l, kh, ⌈kw/2⌉)``, the left half (middle column included) of the
+  mirror-symmetric kernels from trivial inputs to trivial rows.
+
+The map is injective and its image is every equivariant filter (a permutation's fixed space has
+one dimension per orbit, and the blocks list one entry per orbit), so the parametrisation is
+complete: ``R·in_g·kh·kw + T·(r_l·kh·kw + t_l·kh·⌈kw/2⌉)`` free parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gcnn.nn.fields import Fields
+
+
+@dataclass(frozen=True)
+class FreeWeights:
+    """The free blocks of one flip conv's filter (``None`` where a block is empty)."""
+
+    pairs: Tensor | None = None
+    invariant: Tensor | None = None
+    symmetric: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ConvFields:
+    """The field structure of a flip conv: output layout and the local input layout ``L``."""
+
+    out: Fields
+    local_in: Fields
+
+    def shapes(self, kernel_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        """Shapes of the non-empty free blocks, keyed by :class:`FreeWeights` field name."""
+        kh, kw = kernel_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        if self.out.regular:
+            shapes["pairs"] = (self.out.regular, self.local_in.channels, kh, kw)
+        if self.out.trivial and self.local_in.regular:
+            shapes["invariant"] = (self.out.trivial, self.local_in.regular, kh, kw)
+        if self.out.trivial and self.local_in.trivial:
+            shapes["symmetric"] = (self.out.trivial, self.local_in.trivial, kh, (kw + 1) // 2)
+        return shapes
+
+    def free_count(self, kernel_size: tuple[int, int]) -> int:
+        """Number of free parameters (the dimension of the equivariant filters)."""
+        return sum(int(torch.Size(s).numel()) for s in self.shapes(kernel_size).values())
+
+
+def mirror_symmetric(half: Tensor, kernel_width: int) -> Tensor:
+    """``(…, ⌈kw/2⌉) → (…, kw)``: the kernel whose left half is ``half`` and ``K = F K``."""
+    return torch.cat((half, half[..., : kernel_width // 2].flip(-1)), dim=-1)
+
+
+def interleave(a: Tensor, b: Tensor, dim: int) -> Tensor:
+    """``a`` and ``b`` (same shape) interleaved along ``dim``: ``a₀, b₀, a₁, b₁, …``."""
+    return torch.stack((a, b), dim=dim + 1).flatten(dim, dim + 1)
+
+
+def expand_conv_weight(free: FreeWeights, fields: ConvFields, kernel_width: int) -> Tensor:
+    """The full filter ``(out.channels, in_g, kh, kw)``: trivial rows, then the output pairs."""
+    rows: list[Tensor] = []
+    if fields.out.trivial:
+        cols: list[Tensor] = []
+        if free.symmetric is not None:
+            cols.append(mirror_symmetric(free.symmetric, kernel_width))
+        if free.invariant is not None:
+            cols.append(interleave(free.invariant, free.invariant.flip(-1), dim=1))
+        rows.append(cols[0] if len(cols) == 1 else torch.cat(cols, dim=1))
+    if free.pairs is not None:
+        mirror = fields.local_in.act(free.pairs, dim=1).flip(-1)
+        rows.append(interleave(free.pairs, mirror, dim=0))
+    return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
+
+
+def free_from_full(weight: Tensor, fields: ConvFields) -> FreeWeights:
+    """The free blocks read off a full filter ``(out.channels, in_g, kh, kw)``.
+
+    For an equivariant ``weight`` this inverts :func:`expand_conv_weight`; for any other it
+    takes the first row of each output pair, the first column of each input pair of the
+    trivial rows, and the left half of their kernels from trivial inputs (not a projection).
+    """
+    t_out, t_in = fields.out.trivial, fields.local_in.trivial
+    kw = weight.shape[-1]
+    trivial_rows = weight[:t_out]
+    return FreeWeights(
+        pairs=weight[t_out::2] if fields.out.regular else None,
+        invariant=trivial_rows[:, t_in::2] if t_out and fields.local_in.regular else None,
+        symmetric=trivial_rows[:, :t_in, :, : (kw + 1) // 2] if t_out and t_in else None,
+    )
+
+
+def expand_bias(bias: Tensor, out: Fields) -> Tensor:
+    """``(T + R,) → (out.channels,)``: trivial biases, then each pair's bias twice."""
+    if out.is_trivial:
+        return bias
+    shared = bias[out.trivial :].repeat_interleave(2)
+    return shared if out.is_regular else torch.cat((bias[: out.trivial], shared))
+
+
+def free_bias(bias: Tensor, out: Fields) -> Tensor:
+    """``(out.channels,) → (T + R,)``: trivial biases and the first bias of each pair."""
+    return torch.cat((bias[: out.trivial], bias[out.trivial :: 2]))
+
+
+def local_input_fields(in_fields: Fields, out_fields: Fields, groups: int) -> Fields:
+    """The layout ``L`` of each group's input channels; raises when the groups split the fields.
+
+    ``groups == 1``: ``L = in_fields``. Otherwise every row must see the same ``L`` and the flip
+    must map the input slice of a row's group onto that of its partner row's group: all-trivial
+    or all-regular inputs with pairs inside groups, or depthwise convs (``in_g = out_g = 1``) on
+    one layout in and out, where pair partners sit in neighbouring groups and ``L`` is one
+    trivial channel.
+    """
+    if groups == 1:
+        return in_fields
+    c_in, c_out = in_fields.channels, out_fields.channels
+    if c_in % groups or c_out % groups:
+        raise ValueError(
+            f"in_channels ({c_in}) and out_channels ({c_out}) must be divisible by groups "
+            f"({groups})"
+        )
+    in_g, out_g = c_in // groups, c_out // groups
+    if in_g == 1:
+        local = Fields(trivial=1)
+    elif in_fields.is_trivial:
+        local = Fields(trivial=in_g)
+    elif in_fields.is_regular and in_g % 2 == 0:
+        local = Fields(regular=in_g // 2)
+    else:
+        raise ValueError(
+            f"groups={groups} splits input pairs or mixes field kinds in a group: in_channels/"
+            f"groups = {in_g} for {in_fields} (use groups=1, or groups == in == out)"
+        )
+    rows = torch.arange(c_out)
+    partner_group = out_fields.permutation()[rows] // out_g
+    cols = (rows // out_g)[:, None] * in_g + torch.arange(in_g)[None]
+    expected = partner_group[:, None] * in_g + local.permutation()[None]
+    if not torch.equal(in_fields.permutation()[cols], expected):
+        raise ValueError(
+            f"groups={groups} splits output pairs: out_channels/groups = {out_g} for "
+            f"{out_fields} with input {in_fields} (use groups with whole pairs, or "
+            "groups == in == out with the same fields in and out)"
+        )
+    return local
