@@ -6,12 +6,14 @@ grid only if the last window ends exactly at ``W + p``, that is if
 
     (W + 2p - d·(k - 1) - 1) % s == 0.
 
-The rule must hold at every strided op, with the width that op actually sees. Ops with stride 1
-always satisfy it; asymmetric padding (``F.pad`` with left ≠ right) always breaks it.
-
-:func:`flip_exactness` traces any model on the ``meta`` device (no compute, no memory), records
-every window op with its width, and reports which ops break the rule and the nearest input
-widths at which the model is exact.
+That op-by-op rule is sufficient for symmetric padding but not necessary once padding is
+asymmetric (TF-"same" ``ZeroPad2d((0, 1, 0, 1))`` before a stride-2 conv): a padding column that
+no window reads changes nothing. :func:`flip_exactness` therefore decides exactness by following
+which input columns every output column reads (:mod:`gcnn.columns`): it traces any model on the
+``meta`` device (no compute, no memory), and an op breaks exactness when the flipped twin's
+columns stop being the mirror image of the model's. The verdict agrees with the numerical float64
+check of ``twin(x) == model(x.flip(-1))`` layer by layer (:mod:`gcnn.exactness_check`); the
+report names the breaking ops and the nearest exact widths.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import contextvars
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from gcnn.columns import ColumnTracker, OpRecord
 
 aten = torch.ops.aten
 
@@ -37,42 +40,29 @@ class FlipExactnessWarning(UserWarning):
     """A flip model runs at an input size where the flip does not commute exactly."""
 
 
-@dataclass(frozen=True)
-class WindowOp:
-    """One window op along the width, as seen during a forward pass."""
+WindowOp = OpRecord  # one recorded op (kept name: conv, pool, pad, or the op that breaks)
 
-    module: str  # dotted module path ('' for the root), or the op name for functional calls
-    op: str  # 'conv', 'max_pool', 'avg_pool' or 'pad'
-    width: int  # width of the op's input
-    kernel: int = 1
-    stride: int = 1
-    padding: int = 0
-    dilation: int = 1
-    pad_left: int = 0  # only for 'pad'
-    pad_right: int = 0  # only for 'pad'
 
-    @property
-    def remainder(self) -> int:
-        """``(W + 2p - d(k-1) - 1) % s``; zero means the op commutes with the flip."""
-        if self.op == "pad":
-            return abs(self.pad_left - self.pad_right)
-        return (self.width + 2 * self.padding - self.dilation * (self.kernel - 1) - 1) % self.stride
-
-    @property
-    def exact(self) -> bool:
-        return self.remainder == 0
-
-    def describe(self) -> str:
-        where = self.module or "<root>"
-        if self.op == "pad":
-            return (
-                f"{where} (pad left={self.pad_left} ≠ right={self.pad_right}, width {self.width})"
-            )
-        return (
-            f"{where} ({self.op} k={self.kernel} s={self.stride} p={self.padding}"
-            + (f" d={self.dilation}" if self.dilation != 1 else "")
-            + f" on width {self.width}: remainder {self.remainder})"
+def describe(op: OpRecord) -> str:
+    """One line naming ``op``, its parameters, the width it sees and why it breaks exactness."""
+    where = op.module or "<root>"
+    if op.op == "pad":
+        return f"{where} (pad left={op.pad_left} ≠ right={op.pad_right}, width {op.width})"
+    if not op.is_window:
+        why = (
+            "reads a tensor padded on one side only" if op.input_padded else "not mirror-symmetric"
         )
+        return f"{where} ({op.op} on width {op.width}: {why})"
+    params = f"{op.op} k={op.kernel} s={op.stride} p={op.padding}" + (
+        f" d={op.dilation}" if op.dilation != 1 else ""
+    )
+    if op.remainder:
+        why = f"remainder {op.remainder}"
+    elif op.input_padded:
+        why = "its windows read padding added on one side only"
+    else:
+        why = "its windows are not mirror-symmetric"
+    return f"{where} ({params} on width {op.width}: {why})"
 
 
 @dataclass
@@ -80,14 +70,14 @@ class ExactnessReport:
     """Whether ``model(x.flip(-1))`` can equal the flip of ``model(x)`` at one input size."""
 
     input_size: tuple[int, int]
-    ops: list[WindowOp]
+    ops: list[WindowOp]  # every conv, pool and pad, and every op that breaks exactness
     nearest_exact: tuple[int | None, int | None] = (None, None)  # widths below / above
     strided_ops: list[WindowOp] = field(init=False)
     breaking_ops: list[WindowOp] = field(init=False)
 
     def __post_init__(self) -> None:
         self.strided_ops = [o for o in self.ops if o.op == "pad" or o.stride > 1]
-        self.breaking_ops = [o for o in self.ops if not o.exact]
+        self.breaking_ops = [o for o in self.ops if o.breaks]
 
     @property
     def exact(self) -> bool:
@@ -102,72 +92,8 @@ class ExactnessReport:
             return f"flip-exact at {h}×{w} ({len(self.strided_ops)} strided ops checked)"
         below, above = self.nearest_exact
         near = ", ".join(f"{x}" for x in (below, above) if x is not None) or "none found"
-        broken = "; ".join(o.describe() for o in self.breaking_ops)
+        broken = "; ".join(describe(o) for o in self.breaking_ops)
         return f"not flip-exact at {h}×{w}: {broken}. Nearest exact widths: {near}"
-
-
-class _WindowOpRecorder(TorchDispatchMode):
-    """Records conv, pool and pad calls at the aten level, tagged with the current module."""
-
-    def __init__(self, module_stack: list[str]) -> None:
-        super().__init__()
-        self.module_stack = module_stack
-        self.ops: list[WindowOp] = []
-
-    def _where(self, func_name: str) -> str:
-        return self.module_stack[-1] if self.module_stack else func_name
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        kwargs = kwargs or {}
-        op = self._describe(func, args)
-        if op is not None:
-            self.ops.append(op)
-        return func(*args, **kwargs)
-
-    def _describe(self, func, args) -> WindowOp | None:  # noqa: ANN001
-        x = args[0] if args else None
-        if not isinstance(x, Tensor) or x.dim() < 3:
-            return None
-        width, where = x.shape[-1], self._where(str(func))
-        if func in (aten.convolution.default, aten._convolution.default):
-            weight, stride, padding, dilation, transposed = (
-                args[1],
-                args[3],
-                args[4],
-                args[5],
-                args[6],
-            )
-            if transposed:
-                return None
-            return WindowOp(
-                where, "conv", width, weight.shape[-1], stride[-1], padding[-1], dilation[-1]
-            )
-        if func in (aten.max_pool2d_with_indices.default, aten.max_pool2d.default):
-            kernel, stride, padding, dilation = _pool_args(args, with_dilation=True)
-            return WindowOp(where, "max_pool", width, kernel, stride, padding, dilation)
-        if func == aten.avg_pool2d.default:
-            kernel, stride, padding, _ = _pool_args(args, with_dilation=False)
-            return WindowOp(where, "avg_pool", width, kernel, stride, padding)
-        if func == aten.constant_pad_nd.default:
-            pad = list(args[1])
-            return WindowOp(where, "pad", width, pad_left=pad[0], pad_right=pad[1])
-        if func in (aten.reflection_pad2d.default, aten.replication_pad2d.default):
-            pad = list(args[1])
-            return WindowOp(where, "pad", width, pad_left=pad[0], pad_right=pad[1])
-        return None
-
-
-def _last(values, default: int) -> int:  # noqa: ANN001
-    values = list(values) if values is not None else []
-    return int(values[-1]) if values else default
-
-
-def _pool_args(args, with_dilation: bool) -> tuple[int, int, int, int]:  # noqa: ANN001
-    kernel = _last(args[1], 1)
-    stride = _last(args[2] if len(args) > 2 else None, kernel)
-    padding = _last(args[3] if len(args) > 3 else None, 0)
-    dilation = _last(args[4] if with_dilation and len(args) > 4 else None, 1)
-    return kernel, stride, padding, dilation
 
 
 @contextmanager
@@ -207,9 +133,11 @@ def _infer_in_channels(model: nn.Module) -> int:
 def trace_window_ops(
     model: nn.Module, input_size: tuple[int, int], in_channels: int
 ) -> list[WindowOp]:
-    """Run ``model`` on a meta tensor of shape ``(1, in_channels, H, W)``; list its window ops.
+    """Run ``model`` on a meta tensor ``(1, in_channels, H, W)``; list its ops that matter.
 
-    The trace runs in eval mode (each module's mode is restored afterwards).
+    Every conv, pool and pad is listed, and every op whose output is not the mirror image of the
+    twin's although its inputs are (see :mod:`gcnn.columns`). The trace runs in eval mode
+    (each module's mode is restored afterwards).
     """
     # Integer buffers (counters, index tensors such as escnn's) are cloned, not made meta:
     # code may read their values (slicing), and a clone keeps the model's own buffers unchanged.
@@ -223,13 +151,14 @@ def trace_window_ops(
     modes = {m: m.training for m in model.modules()}
     model.eval()  # same window ops; train-mode BatchNorm bookkeeping cannot run on meta tensors
     try:
-        with _module_names(model) as stack, _WindowOpRecorder(stack) as recorder:
+        with _module_names(model) as stack, ColumnTracker(stack) as tracker:
+            tracker.track(x)
             torch.func.functional_call(model, state, (x,))
     finally:
         _TRACING.reset(token)
         for module, training in modes.items():
             module.training = training
-    return recorder.ops
+    return tracker.ops
 
 
 def _width_is_exact(model: nn.Module, height: int, width: int, in_channels: int) -> bool:
@@ -237,7 +166,12 @@ def _width_is_exact(model: nn.Module, height: int, width: int, in_channels: int)
         ops = trace_window_ops(model, (height, width), in_channels)
     except RuntimeError:  # too small for the network
         return False
-    return all(o.exact for o in ops)
+    return not any(o.breaks for o in ops)
+
+
+def _stem_allows(op: WindowOp, width: int) -> bool:
+    """The first op reads the raw input: the rule decides it alone (no trace needed)."""
+    return (width + 2 * op.padding - op.dilation * (op.kernel - 1) - 1) % op.stride == 0
 
 
 def _nearest_exact_widths(
@@ -245,13 +179,15 @@ def _nearest_exact_widths(
 ) -> tuple[int | None, int | None]:
     """Nearest exact widths below and above ``w`` within ``search`` pixels.
 
-    Candidates must first pass the rule of the ops that see the raw input width (the stem),
-    which needs no trace; each remaining candidate costs one meta trace.
+    When the first recorded op is a conv or pool on the raw input, candidates must first pass
+    its rule (no trace needed); each remaining candidate costs one meta trace.
     """
-    stem = [o for o in ops if o.width == w and o.op != "pad"]
+    stem = (
+        ops[0] if ops and ops[0].is_window and ops[0].width == w and ops[0].input_aligned else None
+    )
 
     def exact(width: int) -> bool:
-        if width < 1 or any(not replace(o, width=width).exact for o in stem):
+        if width < 1 or (stem is not None and not _stem_allows(stem, width)):
             return False
         return _width_is_exact(model, h, width, c)
 
@@ -269,8 +205,11 @@ def flip_exactness(
     """Check the exactness rule for ``model`` at ``input_size`` (``W`` or ``(H, W)``).
 
     Works for any model whose forward takes one ``(B, C, H, W)`` tensor; nothing is computed
-    (the trace runs on the ``meta`` device). When the size is inexact, the nearest exact widths
-    within ``search`` pixels below and above are looked up (``search=0`` skips that).
+    (the trace runs on the ``meta`` device). Exact means: the flipped twin's activations are the
+    mirror images of the model's on mirrored inputs, at every op (zero columns added by padding
+    at the borders aside), as decided by :mod:`gcnn.columns`. When the size is inexact, the
+    nearest exact widths within ``search`` pixels below and above are looked up (``search=0``
+    skips that).
 
     Raises ``ValueError`` when the model cannot run at that size.
     """

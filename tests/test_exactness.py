@@ -60,8 +60,9 @@ def test_functional_ops_and_asymmetric_padding_are_seen() -> None:
     assert [o.module for o in symmetric.breaking_ops] == [""]  # the root calls avg_pool2d
     assert symmetric.breaking_ops[0].op == "avg_pool"
     assert flip_exactness(Functional((1, 1)), 14).exact  # 16 → 14 → 7 → (7-3)%2 == 0
-    lopsided = flip_exactness(Functional((0, 2)), 14)
-    assert [o.op for o in lopsided.breaking_ops] == ["pad"]
+    lopsided = flip_exactness(Functional((0, 2)), 14)  # the conv reads both padded columns
+    assert [(o.module, o.op) for o in lopsided.breaking_ops] == [("conv", "conv")]
+    assert "padding added on one side only" in str(lopsided)
 
 
 def test_any_torchvision_model() -> None:

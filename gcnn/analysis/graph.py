@@ -28,10 +28,11 @@ saying so.
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,7 +109,8 @@ class ModelGraph:
 
     groups: list[PermGroup]  # permutable groups in topological order
     spatial_linears: dict[str, tuple[int, int, int]]  # Linear name -> (C, H, W) it reads, H·W > 1
-    graph_module: fx.GraphModule  # the traced model
+    graph_module: fx.GraphModule  # the traced model (specialised to the example input's size)
+    conv_weights: list[str] = field(default_factory=list)  # every conv weight's state-dict key
 
     def group(self, name: str) -> PermGroup:
         """The group called ``name`` (``KeyError`` listing the names otherwise)."""
@@ -138,11 +140,114 @@ class ModelGraph:
 # --------------------------------------------------------------------------- tracing
 
 
+class _ConcreteProxy(fx.Proxy):
+    """A proxy that also iterates like its concrete value (tuples of tensors)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        value = self.tracer.values.get(self.node)  # type: ignore[attr-defined]
+        if isinstance(value, tuple | list):
+            return iter([self[i] for i in range(len(value))])
+        return super().__iter__()
+
+    def __getattr__(self, k: str) -> Any:
+        value = self.tracer.values.get(self.node)  # type: ignore[attr-defined]
+        attr = getattr(value, k, None) if value is not None else None
+        if attr is not None and not callable(attr) and not _holds_tensor(attr):
+            return attr  # shape, ndim, dtype, device: concrete
+        return super().__getattr__(k)
+
+    def __len__(self) -> int:
+        value = self.tracer.values.get(self.node)  # type: ignore[attr-defined]
+        if isinstance(value, tuple | list):
+            return len(value)
+        raise fx.proxy.TraceError(f"len() of {self.node.name}: not a sequence")
+
+
 class _Tracer(fx.Tracer):
-    """fx tracer that keeps torchvision's StochasticDepth as a leaf."""
+    """fx tracer that runs the model on the example input while it traces.
+
+    Every node's concrete value is computed as the node is created, so shape arithmetic and
+    control flow on shapes (``if x.shape[-1] < k``, TF-"same" padding computed from
+    ``x.size()``) see plain integers and are specialised to the example's size: the graph is
+    valid for that input size. Values that are not tensors (sizes, flags) become constants;
+    control flow on tensor *values* still fails to trace. torchvision's ``StochasticDepth`` is
+    kept as a leaf.
+    """
+
+    def __init__(self, example: Tensor) -> None:
+        super().__init__()
+        self.example = example
+        self.values: dict[fx.Node, Any] = {}
+        self.placeholders = 0
+        self.evaluating = False  # running a leaf module eagerly: no nodes, plain attributes
+
+    def call_module(
+        self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> Any:
+        if self.evaluating:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self.evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, StochasticDepth) or super().is_leaf_module(m, module_qualified_name)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+    def _value(self, arg: Any) -> Any:
+        if isinstance(arg, fx.proxy.Attribute):
+            return getattr(self._value(arg.root), arg.attr)
+        if isinstance(arg, fx.Proxy):
+            return self.values[arg.node]
+        if isinstance(arg, tuple | list):
+            return type(arg)(self._value(a) for a in arg)
+        if isinstance(arg, dict):
+            return {k: self._value(v) for k, v in arg.items()}
+        if isinstance(arg, slice):
+            return slice(self._value(arg.start), self._value(arg.stop), self._value(arg.step))
+        return arg
+
+    def _evaluate(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
+        args, kwargs = self._value(args), self._value(kwargs)
+        if kind == "placeholder":
+            self.placeholders += 1
+            return self.example if self.placeholders == 1 else (args[0] if args else None)
+        self.evaluating = True
+        try:
+            if kind == "get_attr":
+                return operator.attrgetter(target)(self.root)
+            if kind == "call_module":
+                return self.root.get_submodule(target)(*args, **kwargs)
+            if kind == "call_method":
+                return getattr(args[0], target)(*args[1:], **kwargs)
+            if kind == "call_function":
+                return target(*args, **kwargs)
+            return None
+        finally:
+            self.evaluating = False
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):  # noqa: ANN001, ANN201
+        if kind == "output":
+            return super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
+        value = self._evaluate(kind, target, args, kwargs)
+        if kind != "placeholder" and not _holds_tensor(value):
+            return value  # sizes, flags, dtypes: specialised to the example input
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
+        self.values[proxy.node] = value
+        return proxy
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, tuple | list):
+        return any(_holds_tensor(v) for v in value)
+    return False
 
 
 def _require_plain(model: nn.Module) -> None:
@@ -158,25 +263,27 @@ def _require_plain(model: nn.Module) -> None:
             )
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as err:  # fx raises many kinds of errors
-        raise UnsupportedGraphError(f"torch.fx cannot trace {type(model).__name__}: {err}") from err
-    name = type(model).__name__
-    return fx.GraphModule(model, graph, name)
+def _trace(model: nn.Module, example_input: Tensor) -> fx.GraphModule:
+    """Trace ``model`` on ``example_input`` in eval mode without gradients; shapes propagated.
 
-
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, example_input: Tensor) -> None:
-    """Run ShapeProp in eval mode without gradients (BatchNorm statistics stay untouched)."""
+    The caller's model, its modes and BatchNorm statistics are untouched.
+    """
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
+            try:
+                graph = _Tracer(example_input).trace(model)
+            except Exception as err:  # fx and the model's own code raise many kinds of errors
+                raise UnsupportedGraphError(
+                    f"torch.fx cannot trace {type(model).__name__}: {err}"
+                ) from err
+            gm = fx.GraphModule(model, graph, type(model).__name__)
             ShapeProp(gm).propagate(example_input)
     finally:
         for m, training in modes.items():
             m.train(training)
+    return gm
 
 
 # --------------------------------------------------------------------------- union-find
@@ -290,6 +397,11 @@ _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
     nn.Upsample,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+    nn.CircularPad2d,
     StochasticDepth,
 )
 
@@ -343,6 +455,12 @@ _POINTWISE_METHODS = {
     "type",
 }
 
+#: functional forms of the parametrised layers: their weights must be module parameters
+_CONV_FUNCTIONS: set[Callable[..., Any]] = {F.conv2d, torch.conv2d}
+_LINEAR_FUNCTIONS: set[Callable[..., Any]] = {F.linear, torch._C._nn.linear}
+_BATCHNORM_FUNCTIONS: set[Callable[..., Any]] = {F.batch_norm, torch.batch_norm}
+_PAD_FUNCTIONS: set[Callable[..., Any]] = {F.pad, torch._C._nn.pad, torch.constant_pad_nd}
+
 _BINARY_FUNCTIONS = {
     operator.add,
     operator.iadd,
@@ -387,6 +505,7 @@ class _Analyser:
         self.spatial_linears: dict[str, tuple[int, int, int]] = {}
         self.flat_hw: dict[fx.Node, tuple[int, int]] = {}  # flattened node -> (H, W)
         self.module_order: dict[str, int] = {}  # module -> position of its first call
+        self.conv_weights: list[str] = []  # state-dict keys of every conv weight, in call order
 
     # ---- helpers
     def unsupported(self, node: fx.Node, why: str = "is not supported") -> UnsupportedGraphError:
@@ -498,15 +617,6 @@ class _Analyser:
             return self.reshape(node, node.args[0])
         if not isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.BatchNorm1d | nn.Linear):
             raise self.unsupported(node, f"({type(m).__name__}) is not supported")
-        if name in self.module_calls:  # a reused module: same channels on every call
-            first_in, first_out = self.module_calls[name]
-            self.unite(node, first_in, x)
-            return first_out
-        out = self.parametrised(node, name, m, x)
-        self.module_calls[name] = (x, out)
-        return out
-
-    def parametrised(self, node: fx.Node, name: str, m: nn.Module, x: _Layout) -> _Layout:
         keys = {n: f"{name}.{n}" if name else n for n, _ in m.named_parameters(recurse=False)}
         keys |= {
             n: f"{name}.{n}" if name else n
@@ -514,40 +624,119 @@ class _Analyser:
             if b is not None and b.dim() > 0
         }
         if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            return self.once(node, name, x, lambda: self.batchnorm(name, keys, x))
+        if isinstance(m, nn.Conv2d):
+            self.conv_weights.append(keys["weight"])
+            return self.once(node, name, x, lambda: self.conv(node, name, keys, x, m.groups))
+        return self.once(node, name, x, lambda: self.linear(node, name, keys, x))
+
+    def once(self, node: fx.Node, name: str, x: _Layout, build: Callable[[], _Layout]) -> _Layout:
+        """``build()`` on the first call of layer ``name``; later calls reuse its channels."""
+        if name in self.module_calls:  # a reused module: same channels on every call
+            first_in, first_out = self.module_calls[name]
+            self.unite(node, first_in, x)
+            return first_out
+        out = build()
+        self.module_calls[name] = (x, out)
+        return out
+
+    def parameter_keys(self, node: fx.Node, kind: str, args: dict[str, Any]) -> dict[str, str]:
+        """State-dict keys of a functional layer's tensor arguments (``get_attr`` nodes)."""
+        keys = {}
+        for role, arg in args.items():
+            if arg is None:
+                continue
+            if not isinstance(arg, fx.Node) or arg.op != "get_attr":
+                raise self.unsupported(
+                    node,
+                    f"({kind} whose {role} is computed, not a module parameter or buffer) is not "
+                    "supported",
+                )
+            keys[role] = str(arg.target)
+        return keys
+
+    def functional(self, node: fx.Node) -> _Layout | None:
+        """``F.conv2d`` / ``F.linear`` / ``F.batch_norm`` / ``F.pad`` calls, else ``None``."""
+        t = node.target
+        bound = _bind(node)
+        if t in _PAD_FUNCTIONS:
+            x = self.layout_of(node, bound.get("input", bound.get("self")))
+            pad = list(bound.get("pad", ()))
+            ndim = len(self.shape(node) or ())
+            if ndim - len(pad) // 2 <= 1:
+                raise self.unsupported(node, f"pads the channel axis (pad={pad})")
+            return x
+        if t in _CONV_FUNCTIONS:
+            keys = self.parameter_keys(
+                node, "conv2d", {"weight": bound["weight"], "bias": bound.get("bias")}
+            )
+            self.conv_weights.append(keys["weight"])
+            name = keys["weight"].rpartition(".")[0]
+            self.module_order.setdefault(name, len(self.module_order))
+            x = self.layout_of(node, bound["input"])
+            groups = int(bound.get("groups", 1))
+            return self.once(node, name, x, lambda: self.conv(node, name, keys, x, groups))
+        if t in _LINEAR_FUNCTIONS:
+            keys = self.parameter_keys(
+                node, "linear", {"weight": bound["weight"], "bias": bound.get("bias")}
+            )
+            name = keys["weight"].rpartition(".")[0]
+            self.module_order.setdefault(name, len(self.module_order))
+            x = self.layout_of(node, bound["input"])
+            return self.once(node, name, x, lambda: self.linear(node, name, keys, x))
+        if t in _BATCHNORM_FUNCTIONS:
+            roles = ("weight", "bias", "running_mean", "running_var")
+            keys = self.parameter_keys(node, "batch_norm", {r: bound.get(r) for r in roles})
+            if not keys:
+                return self.layout_of(node, bound["input"])  # no parameters: per-channel anyway
+            name = next(iter(keys.values())).rpartition(".")[0]
+            self.module_order.setdefault(name, len(self.module_order))
+            x = self.layout_of(node, bound["input"])
+            return self.once(node, name, x, lambda: self.batchnorm(name, keys, x))
+        return None
+
+    def batchnorm(self, name: str, keys: Mapping[str, str], x: _Layout) -> _Layout:
+        for key in keys.values():
+            self.slots_on(x, key, 0)
+        for sid, _ in x.segments:
+            self.spaces.producers[self.spaces.find(sid)].append(name)
+        return x
+
+    def conv(
+        self, node: fx.Node, name: str, keys: Mapping[str, str], x: _Layout, groups: int
+    ) -> _Layout:
+        out_channels, in_per_group = self.gm.get_parameter(keys["weight"]).shape[:2]
+        in_channels = in_per_group * groups
+        if groups == 1:
+            self.slots_on(x, keys["weight"], 1, consumer=name)
+            sid = self.spaces.new(out_channels, creator=name)
+            out = _Layout([(sid, out_channels)])
+            for key in keys.values():
+                self.slots_on(out, key, 0)
+            return out
+        if groups == in_channels == out_channels and x.inner == 1:  # depthwise
             for key in keys.values():
                 self.slots_on(x, key, 0)
             for sid, _ in x.segments:
                 self.spaces.producers[self.spaces.find(sid)].append(name)
+                self.spaces.consumers[self.spaces.find(sid)].append(name)
             return x
-        if isinstance(m, nn.Conv2d):
-            if m.groups == 1:
-                self.slots_on(x, keys["weight"], 1, consumer=name)
-                sid = self.spaces.new(m.out_channels, creator=name)
-                out = _Layout([(sid, m.out_channels)])
-                for key in keys.values():
-                    self.slots_on(out, key, 0)
-                return out
-            if m.groups == m.in_channels == m.out_channels and x.inner == 1:  # depthwise
-                for key in keys.values():
-                    self.slots_on(x, key, 0)
-                for sid, _ in x.segments:
-                    self.spaces.producers[self.spaces.find(sid)].append(name)
-                    self.spaces.consumers[self.spaces.find(sid)].append(name)
-                return x
-            raise self.unsupported(
-                node,
-                f"(Conv2d with groups={m.groups}, {m.in_channels}→{m.out_channels}) is not "
-                "supported: only groups=1 and depthwise convs",
-            )
-        # nn.Linear
+        raise self.unsupported(
+            node,
+            f"(Conv2d with groups={groups}, {in_channels}→{out_channels}) is not "
+            "supported: only groups=1 and depthwise convs",
+        )
+
+    def linear(self, node: fx.Node, name: str, keys: Mapping[str, str], x: _Layout) -> _Layout:
         in_shape = self.shape(node.args[0])
         if in_shape is None or len(in_shape) != 2:
             raise self.unsupported(node, f"(Linear on a tensor of shape {in_shape}) needs (B, C)")
         if x.inner > 1:
             self.spatial_linears[name] = (x.channels, *self.flat_hw[node.args[0]])
+        out_features = self.gm.get_parameter(keys["weight"]).shape[0]
         self.slots_on(x, keys["weight"], 1, consumer=name)
-        sid = self.spaces.new(m.out_features, creator=name)
-        out = _Layout([(sid, m.out_features)])
+        sid = self.spaces.new(out_features, creator=name)
+        out = _Layout([(sid, out_features)])
         for key in keys.values():
             self.slots_on(out, key, 0)
         return out
@@ -565,6 +754,10 @@ class _Analyser:
             return self.reduce(node)
         if not method and t is torch.cat:
             return self.cat(node)
+        if not method:
+            out = self.functional(node)
+            if out is not None:
+                return out
         raise self.unsupported(node)
 
     def binary(self, node: fx.Node) -> _Layout:
@@ -679,6 +872,30 @@ class _Analyser:
         return out
 
 
+def _bind(node: fx.Node) -> dict[str, Any]:
+    """A call_function node's arguments by parameter name (positional ones named too)."""
+    try:
+        schema = inspect.signature(node.target)  # type: ignore[arg-type]
+        names = list(schema.parameters)
+    except (TypeError, ValueError):  # builtins without a Python signature
+        names = _BUILTIN_PARAMETERS.get(node.target, [])  # type: ignore[arg-type]
+    bound = dict(zip(names, node.args, strict=False))
+    bound.update(node.kwargs)
+    return bound
+
+
+_BUILTIN_PARAMETERS: dict[Any, list[str]] = {
+    torch.conv2d: ["input", "weight", "bias", "stride", "padding", "dilation", "groups"],
+    torch._C._nn.linear: ["input", "weight", "bias"],
+    torch._C._nn.pad: ["input", "pad", "mode", "value"],
+    torch.constant_pad_nd: ["input", "pad", "value"],
+    torch.batch_norm: [
+        "input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps",
+        "cudnn_enabled",
+    ],
+}  # fmt: skip
+
+
 def _flat_nodes(args: Any) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg(args, lambda n: found.append(n) or n)
@@ -704,11 +921,12 @@ def analyse_graph(model: nn.Module, example_input: Tensor) -> ModelGraph:
     built from gcnn flip layers (analyse ``model.export()``).
     """
     _require_plain(model)
-    gm = _trace(model)
-    _propagate_shapes(gm, model, example_input)
+    gm = _trace(model, example_input)
     analyser = _Analyser(gm)
     analyser.run()
-    return ModelGraph(analyser.groups(), analyser.spatial_linears, gm)
+    return ModelGraph(
+        analyser.groups(), analyser.spatial_linears, gm, list(dict.fromkeys(analyser.conv_weights))
+    )
 
 
 def _permutation_index(length: int, perm: Tensor, slot: Slot) -> Tensor:
@@ -796,14 +1014,21 @@ def flipped_twin(
         graph = analyse_graph(model, example_input)
     twin = copy.deepcopy(model)
     spatial = graph.spatial_linears if graph is not None and mirror_linears else {}
+    state = twin.state_dict(keep_vars=True)
+    convs = {
+        f"{n}.weight" if n else "weight"
+        for n, m in twin.named_modules()
+        if isinstance(m, nn.Conv2d)
+    }
+    if graph is not None:
+        convs |= set(graph.conv_weights)  # functional convs on module parameters too
     with torch.no_grad():
-        for name, m in twin.named_modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(m.weight.flip(-1))
-            elif isinstance(m, nn.Linear) and name in spatial:
-                c, h, w = spatial[name]
-                mirrored = m.weight.view(m.out_features, c, h, w).flip(-1)
-                m.weight.copy_(mirrored.reshape(m.out_features, c * h * w))
+        for weight in {id(state[k]): state[k] for k in convs}.values():  # tied weights once
+            weight.copy_(weight.flip(-1))
+        for name, (c, h, w) in spatial.items():
+            weight = state[f"{name}.weight" if name else "weight"]
+            mirrored = weight.view(weight.shape[0], c, h, w).flip(-1)
+            weight.copy_(mirrored.reshape(weight.shape[0], c * h * w))
     return twin
 
 
