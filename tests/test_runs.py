@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,15 @@ from gcnn.train import DistContext, TrainConfig, evaluate, train_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(p.parent for p in (ROOT / "models").glob("*/model.json"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread (faster on the shared 2-core machine than two contending ones)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
@@ -96,3 +106,34 @@ def test_the_training_guide_examples_run(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.chdir(ROOT)
     for block in blocks:
         exec(compile(block, str(guide), "exec"), {})
+
+
+def test_an_older_unfinished_run_resumes(tmp_path: Path, monkeypatch) -> None:
+    """A state written before the data identity was recorded (older gcnn) still resumes, to
+    the weights of an uninterrupted run."""
+    from gcnn.checkpoint import read_state_dict
+    from gcnn.train import load_train_state, loop, save_train_state
+
+    data = load_sample_dataset("cifar10")
+    cfg = TrainConfig(data="cifar10-samples", arch_kwargs={"width": 0.125}, epochs=2,
+                      batch_size=10)  # fmt: skip
+    train_seed(cfg, data, 0, tmp_path / "ref", DistContext(), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:
+        raise Stop
+
+    monkeypatch.setattr(loop, "_kill_self", stop)
+    with pytest.raises(Stop):
+        train_seed(cfg, data, 0, tmp_path / "old", DistContext(), progress=False,
+                   debug_kill_after_step=3)  # fmt: skip
+    state = next((tmp_path / "old").glob("*/seed0/state.safetensors"))
+    model_state, optim_state, scalars = load_train_state(state)
+    del scalars["data"]  # as written by older gcnn
+    save_train_state(state, model_state, optim_state, scalars)
+    train_seed(cfg, data, 0, tmp_path / "old", DistContext(), progress=False, resume=True)
+    a, b = (read_state_dict(next((tmp_path / d).glob("*/seed0/model.safetensors")))
+            for d in ("ref", "old"))  # fmt: skip
+    assert all(torch.equal(a[k], b[k]) for k in a)

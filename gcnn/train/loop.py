@@ -456,7 +456,16 @@ def _locked(paths: RunPaths, ctx: DistContext) -> RunLock | None:
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder} is a file, not a folder: choose another --out")
     lock = RunLock(paths.lock, what=f"the run folder {paths.dir}")
-    on_main(lambda: lock.acquire() and None, ctx)
+
+    def acquire() -> None:
+        try:
+            lock.acquire()
+        except PermissionError as err:
+            raise UsageError(
+                f"cannot write under {paths.dir.parent}: {err}; choose another --out"
+            ) from err
+
+    on_main(acquire, ctx)
     return lock if ctx.is_main else None
 
 
