@@ -137,3 +137,22 @@ def test_an_older_unfinished_run_resumes(tmp_path: Path, monkeypatch) -> None:
     a, b = (read_state_dict(next((tmp_path / d).glob("*/seed0/model.safetensors")))
             for d in ("ref", "old"))  # fmt: skip
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_data_identity_of_an_image_folder(tmp_path: Path) -> None:
+    """An ImageFolder tree is identified by its absolute root, classes and image counts."""
+    from gcnn.data import load_dataset, sample_files
+    from gcnn.runs import data_identity
+
+    for f in sample_files("cifar10"):
+        for split in ("train", "val"):
+            (tmp_path / "tree" / split / f.stem[-1]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, tmp_path / "tree" / split / f.stem[-1] / f.name)
+    shutil.rmtree(tmp_path / "tree" / "val" / "0")
+    (tmp_path / "tree" / "val" / "0").mkdir()
+    shutil.copy(sample_files("cifar10")[3], tmp_path / "tree" / "val" / "0")
+    identity = data_identity(load_dataset("imagefolder", tmp_path / "tree", image_size=32))
+    classes = sorted({f.stem[-1] for f in sample_files("cifar10")})
+    assert identity == {"dataset": f"imagefolder:{tmp_path / 'tree'}",
+                        "root": str((tmp_path / "tree").resolve()), "classes": classes,
+                        "train_images": 20, "test_images": 19}  # fmt: skip
