@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     def add(group: argparse._ArgumentGroup, flag: str, help: str = "", **kw: Any) -> None:
         dest = kw.get("dest", flag.removeprefix("--").replace("-", "_"))
-        shown = f" [{getattr(d, dest)}]" if hasattr(d, dest) and "action" not in kw else ""
+        default = getattr(d, dest, None) if "action" not in kw and dest != "regime" else None
+        shown = f" [{default}]" if default is not None else ""
         group.add_argument(flag, default=_UNSET, help=help + shown, **kw)
 
     g = p.add_argument_group("model and regime")
