@@ -12,7 +12,9 @@ from torch.nn import functional as F
 
 import gcnn
 from gcnn.exactness import flip_exactness
+from gcnn.exactness_check import numerical_flip_check
 from gcnn.testing import flip_equivariance_error
+from tests.analysis.archs import ARCHS, build
 
 
 @st.composite
@@ -89,3 +91,37 @@ def test_train_mode_with_cumulative_batchnorm_traces_and_keeps_modes() -> None:
     assert gcnn.flip_exactness(model, 32).exact
     assert model.training and not model.features[1].training and model.features[5].training
     model(torch.rand(2, 3, 32, 32))  # the inexact-size hook traces on the first call
+
+
+# --------------------------------------------------------------------------- verdict = numerics
+
+#: widths tested per architecture: 20 around the ImageNet size (both sides of 224/225), and
+#: 24–43 for the 32-px custom net
+WIDTHS = {"custom": range(24, 44)}
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_verdict_equals_the_numerical_check_at_every_width(name: str) -> None:
+    """For 20 consecutive widths: ``flip_exactness(...).exact`` equals the float64 op-by-op
+    check of the flipped twin against the model on mirrored inputs (random weights and
+    images). Both verdicts occur in every range, so the test fails for a verdict that always
+    says "exact" or always "not exact"."""
+    from gcnn.analysis import flipped_twin
+
+    model = build(name)
+    height = ARCHS[name][1]
+    twin = flipped_twin(model, example_input=torch.zeros(1, 3, height, 64, dtype=torch.float64))
+    generator = torch.Generator().manual_seed(0)
+    verdicts = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for width in WIDTHS.get(name, range(206, 226)):
+            predicted = flip_exactness(model, (height, width), search=0)
+            x = torch.randn(1, 3, height, width, dtype=torch.float64, generator=generator)
+            measured = numerical_flip_check(model, x, twin)
+            assert predicted.exact == measured.exact, (width, str(predicted), measured.breaking[:1])
+            verdicts[width] = predicted.exact
+    finally:
+        torch.set_num_threads(threads)
+    assert any(verdicts.values()) and not all(verdicts.values()), verdicts

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from gcnn.analysis.check import DEFAULT_ALPHAS, validate_alphas
-from gcnn.checkpoint import load_weights, read_state_dict
 from gcnn.data.datasets import DATASETS
-from gcnn.models import get_builder, list_models
+from gcnn.data.preprocessing import INTERPOLATIONS, PRESETS, Preprocessing
+from gcnn.sources import ModelSource, build_model, parse_model_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--arch",
-        help="a gcnn registry name or a torchvision model name; optional when a gcnn train "
-        "sidecar (model.json) sits next to --weights",
+        help="the model: a gcnn registry name, a torchvision name, timm:<name> (pip install "
+        "'gcnn[timm]'), or package.module:callable; optional when a gcnn train sidecar "
+        "(model.json) sits next to --weights",
     )
     p.add_argument("--weights", help="checkpoint: .safetensors or a torch state dict")
     p.add_argument(
@@ -52,72 +52,102 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="interpolation grid (must contain 0, 0.5 and 1)",
     )
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments of the builder")
+    add_preprocessing_arguments(p)
     p.add_argument("--device", help="default: cuda when available, else cpu")
     p.add_argument("--out", required=True, help="output folder for the report and plots")
     p.set_defaults(func=run)
 
 
-def _sidecar(weights: str | None) -> dict[str, Any]:
-    if weights is None:
-        return {}
-    for path in (Path(weights).with_suffix(".json"), Path(weights).with_name("model.json")):
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError:
-                return {}
-    return {}
-
-
-def _builder(arch: str):  # noqa: ANN202
-    if arch in list_models():
-        return get_builder(arch)
-    if arch in torchvision.models.list_models():
-        return lambda **kw: torchvision.models.get_model(arch, weights=None, **kw)
-    raise ValueError(
-        f"unknown --arch {arch!r}: use a gcnn model ({', '.join(list_models())}) or a "
-        "torchvision model name"
+def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
+    """``--preprocess``, ``--mean``, ``--std``, ``--interpolation``, ``--crop-pct``,
+    ``--class-map``."""
+    g = p.add_argument_group(
+        "preprocessing and labels",
+        "how images become model inputs; default: the model's own config for timm: models, the "
+        "data set's statistics for cifar10 / fashion-mnist, else the imagenet preset",
+    )
+    g.add_argument("--preprocess", choices=list(PRESETS), help="a preset (mean, std, crop)")
+    g.add_argument("--mean", type=float, nargs="+", help="per-channel mean, 0-1 pixel units")
+    g.add_argument("--std", type=float, nargs="+", help="per-channel std, 0-1 pixel units")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize interpolation")
+    g.add_argument(
+        "--crop-pct", type=float, help="image folders: resize to size / crop-pct, centre-crop"
+    )
+    g.add_argument(
+        "--class-map",
+        help="JSON file {folder name: class index} for class folders (default: numeric "
+        "folders are indices, ImageNet synsets the standard 1000-class order, else sorted)",
     )
 
 
-def _infer_kwargs(build, state: dict[str, torch.Tensor]) -> dict[str, Any]:  # noqa: ANN001
-    """``num_classes`` / ``in_channels`` read off the checkpoint's last linear and first conv."""
-    model = build()
-    kwargs: dict[str, Any] = {}
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if linears and f"{linears[-1]}.weight" in state:
-        classes = state[f"{linears[-1]}.weight"].shape[0]
-        if classes != model.get_submodule(linears[-1]).out_features:
-            kwargs["num_classes"] = int(classes)
-    if convs and f"{convs[0]}.weight" in state:
-        channels = state[f"{convs[0]}.weight"].shape[1]
-        if channels != model.get_submodule(convs[0]).in_channels:
-            kwargs["in_channels"] = int(channels)
-    return kwargs
+def default_preprocessing(
+    source: ModelSource, model: nn.Module, data: str
+) -> tuple[Preprocessing | None, int | None]:
+    """The preprocessing and input width a model source implies for ``data`` (before flags)."""
+    from gcnn.data.preprocessing import timm_preprocessing
+
+    if source.kind == "timm":
+        return timm_preprocessing(model, source.name)
+    if data in DATASETS and data != "imagefolder":
+        return None, None  # the data set's own statistics
+    return PRESETS["imagenet"], None
+
+
+def resolve_check_preprocessing(
+    args: argparse.Namespace, source: ModelSource, model: nn.Module
+) -> tuple[Preprocessing | None, int | None]:
+    """The preprocessing and default image size for ``gcnn check`` from its flags."""
+    from gcnn.data.preprocessing import resolve_preprocessing
+
+    default, size = default_preprocessing(source, model, args.data)
+    flags = (args.preprocess, args.mean, args.std, args.interpolation, args.crop_pct)
+    if all(f is None for f in flags):
+        return default, size
+    return (
+        resolve_preprocessing(
+            default or PRESETS["imagenet"],
+            args.preprocess,
+            tuple(args.mean) if args.mean else None,
+            tuple(args.std) if args.std else None,
+            args.interpolation,
+            args.crop_pct,
+        ),
+        size,
+    )
 
 
 def build_checked_model(
     arch: str | None, weights: str | None, kwargs: dict[str, Any]
 ) -> tuple[nn.Module, str]:
-    """The plain model to check (flip models are exported) and its architecture name."""
-    sidecar = _sidecar(weights)
-    arch = arch or sidecar.get("arch")
-    if arch is None:
-        raise ValueError("--arch is required (no model.json sidecar next to --weights)")
-    build = _builder(arch)
-    if sidecar.get("arch") == arch:
-        kwargs = {**sidecar.get("arch_kwargs", {}), **kwargs}
-    elif weights is not None:
-        kwargs = {**_infer_kwargs(lambda: build(**kwargs), read_state_dict(weights)), **kwargs}
+    """The plain model to check (flip models are exported) and its model source string."""
+    model, source = build_model(arch, weights, kwargs)
+    return model, source.spec
+
+
+def _fail_fast_on_graph(model: nn.Module, channels: int, size: int, arch: str) -> None:
+    """Find the permutation groups on a blank input before any slow step (one line if not)."""
+    from gcnn.analysis.graph import UnsupportedGraphError, analyse_graph
+    from gcnn.commands import UsageError
+
     try:
-        model = build(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"--arch {arch} does not take these arguments {kwargs}: {err}") from err
-    if weights is not None:
-        load_weights(model, weights)
-    export = getattr(model, "export", None)
-    return (export() if callable(export) else model).eval(), arch
+        analyse_graph(model, torch.zeros(1, channels, size, size))
+    except UnsupportedGraphError as err:
+        raise UsageError(f"{arch}: {err}") from err
+    except RuntimeError:
+        pass  # too small for the network, or other channels: the model run below says so
+
+
+def _first_in_channels(model: nn.Module) -> int | None:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
+
+
+def annotate_report(out: str | Path, extra: dict[str, Any]) -> None:
+    """Add ``extra`` keys (model source, preprocessing, labels) to ``out/report.json``."""
+    path = Path(out) / "report.json"
+    report = json.loads(path.read_text())
+    report.update(extra)
+    path.write_text(json.dumps(report, indent=2))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,10 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from gcnn.analysis.report import summary_table, write_report
     from gcnn.commands import UsageError
 
-    try:
-        kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--model-kwargs is not JSON: {err}") from err
+    kwargs = parse_model_kwargs(args.model_kwargs)
     from gcnn.devices import resolve_device
     from gcnn.errors import user_input
 
@@ -141,16 +168,30 @@ def run(args: argparse.Namespace) -> int:
         alphas = validate_alphas(args.alphas)
     device = resolve_device(args.device)
     with user_input():
-        model, arch = build_checked_model(args.arch, args.weights, kwargs)
+        model, source = build_model(args.arch, args.weights, kwargs)
+        preprocessing, default_size = resolve_check_preprocessing(args, source, model)
+        class_map = None
+        if args.class_map:
+            from gcnn.data.labels import read_class_map
+
+            class_map = read_class_map(args.class_map)
+    arch = source.spec
+    image_size = args.image_size or default_size
+    channels = _first_in_channels(model)
+    early_size = image_size or (32 if args.data in DATASETS else 224)
+    if channels is not None:
+        _fail_fast_on_graph(model, channels, early_size, arch)
     with user_input(f"--data {args.data}"):
         data = load_analysis_data(
             args.data,
             root=args.data_root,
-            image_size=args.image_size,
+            image_size=image_size,
             resize=args.resize,
             num_train=args.num_images,
             num_test=args.num_eval,
             batch_size=args.batch_size,
+            preprocessing=preprocessing,
+            class_map=class_map,
         )
     x = data.train[0][0][:1]
     try:
@@ -169,9 +210,23 @@ def run(args: argparse.Namespace) -> int:
             "try a larger --image-size"
         ) from err
     report = check_flip_symmetry(
-        model, data.train, data.test, arch=arch, alphas=alphas, device=device
+        model,
+        data.train,
+        data.test,
+        arch=arch,
+        alphas=alphas,
+        device=device,
     )
     print(summary_table(report))
-    for path in write_report(report, args.out):
+    written = write_report(report, args.out)
+    annotate_report(
+        args.out,
+        {
+            "model_source": {"spec": source.spec, "kind": source.kind, "name": source.name},
+            "preprocessing": data.preprocessing,
+            "labels": data.labels,
+        },
+    )
+    for path in written:
         print(f"wrote {path}")
     return 0
