@@ -3,16 +3,22 @@
 One call runs the whole published analysis on a model and data:
 
 1. trace the model and find its permutation groups (:func:`~gcnn.analysis.graph.analyse_graph`);
-2. one pass over the statistics images collects, for every group, the moments of the model's
-   activations ``a_l(x)`` and of its flipped self ``flip(a_l(flip x))`` (the flipped twin's
-   activations at an exact size);
-3. activation matching gives ``Q_l``; its cycle structure, and the layerwise equivariance error
-   ``‖a_l(x) − Q_l⁻¹ flip(a_l(flip x))‖² / ‖a_l(x)‖²`` before (``Q = id``) and after alignment,
-   plus the weight-space error ``‖W_l − Q_l F(W_l) Q_{l−1}ᵀ‖ / ‖W_l‖``;
+2. one pass over the statistics images — every image *and its mirror image*, so the statistics
+   are closed under the flip — collects, for every group, the moments of the model's
+   activations ``a_l(x)`` and of its flipped twin's ``t_l(x)`` on the same inputs, at the
+   group's probe nodes (by default every ReLU output carrying it, before pooling);
+3. per group, channels constant over the data are set aside (``dead_channels``), activation
+   matching gives the best permutation and the best *involution* of the live channels, their
+   mean matched correlations and the gap between them; the best permutation ``Q_l`` (the
+   involution when it is as good) gives the cycle structure and the layerwise equivariance
+   error ``‖a_l(x) − Q_l t_l(x)‖² / ‖a_l(x)‖²`` before (``Q = id``) and after alignment, also
+   normalised by its chance level, plus the weight-space error
+   ``‖W_l − Q_l F(W_l) Q_{l−1}ᵀ‖ / ‖W_l‖``;
 4. the interpolation curve between the model and its aligned twin over α — plain, with BN
-   reset, and with REPAIR — and its loss and accuracy barriers;
-5. when every ``Q_l`` is an involution, the nearest GCNN (α = ½ merge) and its measured
-   invariance error.
+   reset, with REPAIR folded into BN/conv, and with REPAIR at every activation (block
+   outputs) — and its loss and accuracy barriers;
+5. the nearest GCNN: the α = ½ merge with the twin aligned by the best involutions (always
+   exactly flip-equivariant at exact sizes), and its measured invariance error.
 """
 
 from __future__ import annotations
@@ -25,20 +31,26 @@ import torch
 from torch import Tensor, nn
 
 from gcnn.analysis.graph import (
-    ActivationProbe,
     ModelGraph,
     analyse_graph,
     flipped_twin,
     permute_model,
 )
-from gcnn.analysis.matching import match_activations
+from gcnn.analysis.matching import LayerMatch, match_layers
 from gcnn.analysis.merge import Evaluation, barrier, evaluate, interpolate, reset_batchnorm
 from gcnn.analysis.nearest import as_flip_model, nearest_gcnn
-from gcnn.analysis.repair import channel_statistics, repair, repair_points
+from gcnn.analysis.probes import MultiProbe, ProbeSpec, probe_nodes
+from gcnn.analysis.repair import (
+    activation_statistics,
+    channel_statistics,
+    repair,
+    repair_activations,
+    repair_points,
+)
 from gcnn.analysis.statistics import (
     Batches,
     PairStatistics,
-    collect_pair_statistics,
+    collect_twin_statistics,
     probe_function,
 )
 from gcnn.analysis.structure import PermutationStructure, filter_symmetry
@@ -46,12 +58,20 @@ from gcnn.exactness import flip_exactness
 from gcnn.testing import TOLERANCES, flip_equivariance_error
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-METHODS: tuple[str, ...] = ("interpolate", "bn_reset", "repair")
+METHODS: tuple[str, ...] = ("interpolate", "bn_reset", "repair", "repair_activations")
 
 
 @dataclass
 class LayerReport:
-    """One permutation group: matched permutation structure and equivariance errors."""
+    """One permutation group: its matching, the permutation's structure, equivariance errors.
+
+    Counts of fixed points, 2-cycles and longer cycles are over the live channels.
+    ``equivariance_error_*`` are ``‖a − Q t‖² / ‖a‖²`` (uncentred, over the probe nodes);
+    ``equivariance_error_chance`` is the expected error of a random permutation of the live
+    channels and ``equivariance_error_normalized = after / chance`` (0: aligned exactly,
+    1: no better than chance), comparable across layers. ``correlation_distance`` is
+    ``1 − matched_correlation``; ``involution_gap = matched − involution correlation``.
+    """
 
     name: str
     channels: int
@@ -63,6 +83,21 @@ class LayerReport:
     equivariance_error_after: float
     weight_error_before: float | None
     weight_error_after: float | None
+    dead_channels: int = 0
+    live_channels: int = 0
+    channels_in_longer_cycles: int = 0
+    decidable: bool = True
+    undecided_reason: str | None = None
+    samples: int = 0
+    rank: int = 0
+    matched_correlation: float | None = None
+    involution_correlation: float | None = None
+    involution_gap: float | None = None
+    correlation_distance: float | None = None
+    correlation_asymmetry: float | None = None
+    equivariance_error_chance: float | None = None
+    equivariance_error_normalized: float | None = None
+    probe_nodes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,10 +118,15 @@ class CheckReport:
     layers: list[LayerReport]
     filters: list[dict[str, object]]
     nearest_gcnn: dict[str, object]
+    statistics: dict[str, object] = field(default_factory=dict)
+    verdict: dict[str, object] = field(default_factory=dict)
+    kind: str = "flip"
     seconds: dict[str, float] = field(default_factory=dict)
+    permutations: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
+        out.pop("permutations")
         out["image_size"] = list(self.image_size)
         return out
 
@@ -97,27 +137,6 @@ def validate_alphas(alphas: Sequence[float]) -> list[float]:
     if not {0.0, 0.5, 1.0} <= set(grid) or grid[0] < 0 or grid[-1] > 1:
         raise ValueError(f"alphas must lie in [0, 1] and contain 0, 0.5 and 1; got {grid}")
     return grid
-
-
-def spatial_probes(graph: ModelGraph) -> dict[str, str]:
-    """Per group, the last node carrying its channels on a map at least 2 pixels wide.
-
-    The default probe of the last group before a global-pool head is the pooled ``(B, C)``
-    vector (or a 1×1 map), which is flip-invariant for *any* net, so it cannot tell mirror
-    pairs from invariant channels; a map before pooling can.
-    """
-    nodes = {n.name: n for n in graph.graph_module.graph.nodes}
-
-    def wide(name: str) -> bool:
-        shape = getattr(nodes[name].meta.get("tensor_meta"), "shape", ())
-        return len(shape) >= 3 and shape[-1] > 1
-
-    out = {}
-    for group in graph.groups:
-        spatial = [name for name in group.nodes if wide(name)]
-        if spatial and spatial[-1] != group.probe:
-            out[group.name] = spatial[-1]
-    return out
 
 
 def _weight_keys(graph: ModelGraph) -> dict[str, list[str]]:
@@ -143,79 +162,126 @@ def _relative_distance(
     return (num / den) ** 0.5 if den > 0 else None
 
 
+def _asymmetry(corr: Tensor, live: Tensor) -> float | None:
+    sub = corr[live][:, live]
+    norm = float(sub.norm())
+    return float((sub - sub.T).norm()) / norm if norm > 0 else None
+
+
 def layer_reports(
     model: nn.Module,
     twin: nn.Module,
     aligned: nn.Module,
     graph: ModelGraph,
     stats: Mapping[str, PairStatistics],
-    perms: Mapping[str, Tensor],
+    matches: Mapping[str, LayerMatch],
+    nodes: Mapping[str, list[str]] | None = None,
 ) -> list[LayerReport]:
-    """Per group: permutation structure and equivariance errors before and after alignment.
+    """Per group: matching, permutation structure and equivariance errors.
 
-    ``twin`` is the flipped twin of ``model``, ``aligned`` the twin permuted by ``perms``.
+    ``twin`` is the partner before alignment (the flipped twin, or a second net), ``aligned``
+    the partner permuted by the matches' ``perm``.
     """
     state, keys = model.state_dict(), _weight_keys(graph)
     twin, aligned = twin.state_dict(), aligned.state_dict()
     out = []
     for group in graph.groups:
-        s = PermutationStructure.of(perms[group.name])
+        m, st = matches[group.name], stats[group.name]
+        live_idx = m.live.nonzero().flatten()
+        position = torch.full((group.size,), -1, dtype=torch.long)
+        position[live_idx] = torch.arange(len(live_idx))
+        on_live = position[m.perm[live_idx]]  # the permutation restricted to live channels
+        s = PermutationStructure.of(on_live)
+        after = st.relative_sq_error(m.perm)
+        chance = st.chance_sq_error(m.live)
         out.append(
             LayerReport(
                 name=group.name,
                 channels=group.size,
-                involution=s.involution,
+                involution=m.is_involution,
                 fixed_points=s.fixed_points,
                 two_cycles=s.two_cycles,
                 longer_cycles=s.longer_cycles,
-                equivariance_error_before=stats[group.name].relative_sq_error(None),
-                equivariance_error_after=stats[group.name].relative_sq_error(perms[group.name]),
+                equivariance_error_before=st.relative_sq_error(None),
+                equivariance_error_after=after,
                 weight_error_before=_relative_distance(state, twin, keys[group.name]),
                 weight_error_after=_relative_distance(state, aligned, keys[group.name]),
+                dead_channels=int((~m.live).sum()),
+                live_channels=len(live_idx),
+                channels_in_longer_cycles=s.channels - s.fixed_points - 2 * s.two_cycles,
+                decidable=m.decidable,
+                undecided_reason=m.reason,
+                samples=m.samples,
+                rank=m.rank,
+                matched_correlation=m.matched_correlation,
+                involution_correlation=m.involution_correlation,
+                involution_gap=m.gap,
+                correlation_distance=None
+                if m.matched_correlation is None
+                else 1 - m.matched_correlation,
+                correlation_asymmetry=_asymmetry(st.correlation(), m.live),
+                equivariance_error_chance=chance,
+                equivariance_error_normalized=after / chance if chance > 0 else None,
+                probe_nodes=list(nodes.get(group.name, [])) if nodes else [],
             )
         )
     return out
 
 
-def _curves(
+def curves(
     model: nn.Module,
     partner: nn.Module,
     alphas: Sequence[float],
     train_batches: Batches,
     eval_batches: Batches,
-    device: torch.device | str,
+    graph: ModelGraph,
+    device: torch.device | str = "cpu",
 ) -> dict[str, list[Evaluation]]:
+    """The interpolation curve ``θ(α)`` of ``model`` and an aligned ``partner``, per method.
+
+    ``interpolate``: plain; ``bn_reset``: BatchNorm statistics re-estimated; ``repair``: REPAIR
+    folded into every BatchNorm (every conv without BN); ``repair_activations``: REPAIR at
+    every activation output (block outputs and conv(+BN)+ReLU units; see
+    :func:`~gcnn.analysis.repair.repair_activations`).
+    """
     names = repair_points(model)
     endpoint_stats = (
         channel_statistics(model, names, train_batches, device),
         channel_statistics(partner, names, train_batches, device),
     )
-    curves: dict[str, list[Evaluation]] = {m: [] for m in METHODS}
+    nodes = sorted({n for ns in probe_nodes(graph, "activation").values() for n in ns})
+    activation_stats = (
+        activation_statistics(model, graph, nodes, train_batches, device),
+        activation_statistics(partner, graph, nodes, train_batches, device),
+    )
+    out: dict[str, list[Evaluation]] = {m: [] for m in METHODS}
     for alpha in alphas:
         merged = interpolate(model, partner, alpha)
-        curves["interpolate"].append(evaluate(merged, eval_batches, device))
+        out["interpolate"].append(evaluate(merged, eval_batches, device))
         reset_batchnorm(merged, train_batches, device)
-        curves["bn_reset"].append(evaluate(merged, eval_batches, device))
+        out["bn_reset"].append(evaluate(merged, eval_batches, device))
         repaired = repair(model, partner, alpha, train_batches, device, endpoint_stats)
-        curves["repair"].append(evaluate(repaired, eval_batches, device))
-    return curves
+        out["repair"].append(evaluate(repaired, eval_batches, device))
+        repaired = repair_activations(
+            model, partner, alpha, train_batches, graph, activation_stats, device
+        )
+        out["repair_activations"].append(evaluate(repaired, eval_batches, device))
+    return out
 
 
 def _nearest_gcnn_report(
     model: nn.Module,
-    partner: nn.Module,
+    twin: nn.Module,
     graph: ModelGraph,
-    perms: Mapping[str, Tensor],
+    involutions: Mapping[str, Tensor],
     x: Tensor,
     exact: bool,
 ) -> dict[str, object]:
-    try:
-        merged = nearest_gcnn(model, graph, perms, aligned=partner)
-    except ValueError as err:
-        return {"built": False, "reason": str(err)}
+    aligned = permute_model(twin, graph, involutions)
+    merged = nearest_gcnn(model, graph, involutions, aligned=aligned)
     error = flip_equivariance_error(merged, x)
     tol = TOLERANCES.get(x.dtype, 1e-5)
-    flip_model = as_flip_model(merged, graph, perms)
+    flip_model = as_flip_model(merged, graph, involutions)
     with torch.no_grad():
         y = model(x)
         distance = float((merged(x) - y).norm() / y.norm().clamp_min(1e-300))
@@ -223,6 +289,9 @@ def _nearest_gcnn_report(
         "built": True,
         "invariance_error": error,
         "output_difference_to_model": distance,
+        "weight_distance_to_model": _relative_distance(
+            model.state_dict(), merged.state_dict(), list(_float_keys(model))
+        ),
         "certified": bool(exact and error <= tol),
         "tolerance": tol,
         "flip_model": type(flip_model).__name__ if flip_model is not None else None,
@@ -234,6 +303,56 @@ def _nearest_gcnn_report(
     return report
 
 
+def _float_keys(model: nn.Module) -> list[str]:
+    return [
+        k
+        for k, v in model.state_dict().items()
+        if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
+    ]
+
+
+def verdict(layers: Sequence[LayerReport]) -> dict[str, object]:
+    """Is the net a permuted GCNN? Judged on the decidable layers only.
+
+    ``gcnn``: ``True`` when every decidable layer's best matching is an involution, ``False``
+    when one is not, ``None`` when no layer is decidable.
+    """
+    decidable = [la for la in layers if la.decidable]
+    involutive = [la for la in decidable if la.involution]
+    gcnn = None if not decidable else len(involutive) == len(decidable)
+    return {
+        "gcnn": gcnn,
+        "involutive_layers": len(involutive),
+        "decidable_layers": len(decidable),
+        "undecided_layers": len(layers) - len(decidable),
+        "not_involutive": [la.name for la in decidable if not la.involution],
+    }
+
+
+def measure_merge(
+    model: nn.Module,
+    partner: nn.Module,
+    graph: ModelGraph,
+    train_batches: Batches,
+    eval_batches: Batches,
+    alphas: Sequence[float],
+    device: torch.device | str,
+) -> tuple[dict[str, list[Evaluation]], dict[str, object], dict[str, Evaluation]]:
+    """Curves, barriers and the named points of merging ``model`` with an aligned ``partner``."""
+    found = curves(model, partner, alphas, train_batches, eval_batches, graph, device)
+    half = list(alphas).index(0.5)
+    points = {
+        "model": found["interpolate"][0],
+        "twin": found["interpolate"][-1],  # the aligned partner: its function, permuted
+        "merged": found["interpolate"][half],
+        "merged_bn_reset": found["bn_reset"][half],
+        "merged_repair": found["repair"][half],
+        "merged_repair_activations": found["repair_activations"][half],
+    }
+    by_method = {m: asdict(barrier(alphas, found[m])) for m in METHODS}
+    return found, {**by_method["repair"], "method": "repair", "by_method": by_method}, points
+
+
 def check_flip_symmetry(
     model: nn.Module,
     train_batches: Batches,
@@ -241,6 +360,8 @@ def check_flip_symmetry(
     *,
     arch: str = "model",
     alphas: Sequence[float] = DEFAULT_ALPHAS,
+    mirror_closed: bool = True,
+    probe: ProbeSpec = "activation",
     device: torch.device | str = "cpu",
 ) -> CheckReport:
     """Run the whole analysis (see the module docstring) on ``model``.
@@ -248,7 +369,9 @@ def check_flip_symmetry(
     ``train_batches``: re-iterable ``(x, y)`` batches of normalised training images
     ``(B, C, H, W)`` for the statistics, BN reset and REPAIR; ``eval_batches``: labelled (or
     unlabelled: accuracies are then ``None``) batches for the curves, default the same.
-    ``alphas`` must contain 0, 0.5 and 1.
+    ``alphas`` must contain 0, 0.5 and 1. ``mirror_closed``: collect the statistics on every
+    image and its mirror (default; ``False`` uses the images as they are). ``probe``: where
+    each group is measured (:func:`~gcnn.analysis.probes.probe_nodes`).
     """
     alphas = validate_alphas(alphas)
     eval_batches = train_batches if eval_batches is None else eval_batches
@@ -257,51 +380,63 @@ def check_flip_symmetry(
     model = model.to(device).eval()
     first = next(iter(train_batches))[0][:2].to(device)
     size = tuple(first.shape[-2:])
-    exactness = flip_exactness(model, size)
     graph = analyse_graph(model, first)
-    probe = probe_function(ActivationProbe(model, graph, spatial_probes(graph)))
+    exactness = flip_exactness(model, size)
+    nodes = probe_nodes(graph, probe)
+    twin = flipped_twin(model, graph)
     clock["graph"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    stats = collect_pair_statistics(probe, probe, train_batches, flip_b=True, device=device)
-    perms = match_activations(stats)
+    stats = collect_twin_statistics(
+        probe_function(MultiProbe(model, graph, nodes)),
+        probe_function(MultiProbe(twin, graph, nodes)),
+        train_batches,
+        mirror_closed=mirror_closed,
+        device=device,
+    )
+    matches = match_layers(stats, involutions=True)
+    perms = {name: m.perm for name, m in matches.items()}
     clock["statistics_and_matching"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    twin = flipped_twin(model, graph)
     partner = permute_model(twin, graph, perms)
-    layers = layer_reports(model, twin, partner, graph, stats, perms)
-    curves = _curves(model, partner, alphas, train_batches, eval_batches, device)
+    layers = layer_reports(model, twin, partner, graph, stats, matches, nodes)
+    found, barriers, points = measure_merge(
+        model, partner, graph, train_batches, eval_batches, alphas, device
+    )
     clock["curves"] = time.perf_counter() - t
-
-    half = alphas.index(0.5)
-    points = {
-        "model": curves["interpolate"][0],
-        "twin": curves["interpolate"][-1],  # the aligned twin: the twin's function, permuted
-        "merged": curves["interpolate"][half],
-        "merged_bn_reset": curves["bn_reset"][half],
-        "merged_repair": curves["repair"][half],
-    }
-    by_method = {m: asdict(barrier(alphas, curves[m])) for m in METHODS}
-    nearest = _nearest_gcnn_report(model, partner, graph, perms, first, exactness.exact)
+    involutions = {name: m.involution for name, m in matches.items()}
+    nearest = _nearest_gcnn_report(model, twin, graph, involutions, first, exactness.exact)  # type: ignore[arg-type]
     clock["total"] = time.perf_counter() - start
+    images = sum(x.shape[0] for x, _ in train_batches)
     return CheckReport(
         arch=arch,
         image_size=(int(size[0]), int(size[1])),
         exact_size=exactness.exact,
         breaking_ops=[op.describe() for op in exactness.breaking_ops],
-        statistics_images=sum(x.shape[0] for x, _ in train_batches),
+        statistics_images=images,
         eval_images=sum(x.shape[0] for x, _ in eval_batches),
         accuracy={k: e.accuracy for k, e in points.items()},
         loss={k: e.loss for k, e in points.items()},
         alphas=list(alphas),
         curves={
-            m: [asdict(e) | {"alpha": a} for a, e in zip(alphas, curves[m], strict=True)]
+            m: [asdict(e) | {"alpha": a} for a, e in zip(alphas, found[m], strict=True)]
             for m in METHODS
         },
-        barrier={**by_method["repair"], "method": "repair", "by_method": by_method},
+        barrier=barriers,
         layers=layers,
         filters=[asdict(f) for f in filter_symmetry(model)],
         nearest_gcnn=nearest,
+        statistics={
+            "images": images,
+            "mirror_closed": mirror_closed,
+            "samples": "images and their mirror images" if mirror_closed else "images",
+            "probe": probe if isinstance(probe, str) else "custom",
+            "size": [int(size[0]), int(size[1])],
+            "exact_size": exactness.exact,
+            "partner": "flipped twin (conv filters mirrored), on the same inputs",
+        },
+        verdict=verdict(layers),
         seconds=clock,
+        permutations={name: p.tolist() for name, p in perms.items()},
     )

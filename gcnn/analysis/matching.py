@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,7 +17,12 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from gcnn.analysis.graph import ModelGraph, Slot, permute_slot
+from gcnn.analysis.involution import best_involution, involution_score, is_involution
 from gcnn.analysis.statistics import PairStatistics
+
+#: Mean correlation per channel by which the best involution may trail the best permutation
+#: and still count as optimal (solver resolution and float error, far below real gaps).
+INVOLUTION_TOLERANCE = 1e-6
 
 
 def assignment(score: Tensor) -> Tensor:
@@ -25,6 +31,101 @@ def assignment(score: Tensor) -> Tensor:
     perm = np.empty_like(cols)
     perm[rows] = cols
     return torch.from_numpy(perm).long()
+
+
+@dataclass
+class LayerMatch:
+    """The activation matching of one group, with what can and cannot be concluded from it.
+
+    ``perm``: the best permutation of the channels (``LongTensor (C,)``; dead channels fixed).
+    When an involution is as good (within :data:`INVOLUTION_TOLERANCE`), ``perm`` *is* that
+    involution: ties (dead, duplicated or too few samples) are resolved in favour of the GCNN.
+    ``involution``: the best involutive matching (``None`` when not asked for).
+    ``live``: ``BoolTensor (C,)``, the channels that are not constant over the data.
+    ``matched_correlation`` / ``involution_correlation``: mean correlation of the live channels
+    with their match under ``perm`` / ``involution`` (``None`` without live channels).
+    ``decidable``: whether the data determine the matching (``reason`` says why not).
+    """
+
+    perm: Tensor
+    involution: Tensor | None
+    live: Tensor
+    matched_correlation: float | None
+    involution_correlation: float | None
+    samples: int
+    rank: int
+    decidable: bool
+    reason: str | None
+
+    @property
+    def gap(self) -> float | None:
+        """``matched_correlation − involution_correlation`` (≥ 0): distance to a GCNN layer."""
+        if self.matched_correlation is None or self.involution_correlation is None:
+            return None
+        return max(self.matched_correlation - self.involution_correlation, 0.0)
+
+    @property
+    def is_involution(self) -> bool:
+        """Whether the best matching can be an involution (a permuted GCNN layer)."""
+        return is_involution(self.perm)
+
+
+def _embed(sub: Tensor, idx: Tensor, size: int) -> Tensor:
+    """A permutation of ``range(size)`` acting as ``sub`` on ``idx`` and fixing the rest."""
+    full = torch.arange(size)
+    full[idx] = idx[sub]
+    return full
+
+
+def match_layer(stats: PairStatistics, *, involutions: bool = True) -> LayerMatch:
+    """Match one group: the best permutation and (``involutions``) the best involution.
+
+    Only live channels (:meth:`PairStatistics.dead`) take part; dead ones stay fixed. The
+    group is undecidable when there are fewer samples than live channels or the live
+    correlation matrix is rank-deficient (duplicated channels): other matchings then score the
+    same.
+    """
+    corr = stats.correlation()
+    live = ~stats.dead()
+    idx = live.nonzero().flatten()
+    n = len(idx)
+    sub = corr[idx][:, idx]
+    best = assignment(sub) if n else torch.arange(0)
+    inv = None
+    matched = involution_score(sub, best) / n if n else None
+    inv_corr = None
+    if involutions:
+        inv = best if is_involution(best) else best_involution(sub)
+        inv_corr = involution_score(sub, inv) / n if n else None
+        if n and matched - inv_corr <= INVOLUTION_TOLERANCE:  # type: ignore[operator]
+            best, matched = inv, inv_corr
+    rank = int(torch.linalg.matrix_rank(sub)) if n else 0
+    reason = None
+    if n == 0:
+        reason = "every channel is constant over the data"
+    elif stats.count < n:
+        reason = f"{stats.count} samples for {n} live channels"
+    elif rank < n:
+        reason = f"rank-deficient correlation ({rank} of {n} live channels)"
+    size = stats.channels
+    return LayerMatch(
+        perm=_embed(best, idx, size),
+        involution=None if inv is None else _embed(inv, idx, size),
+        live=live,
+        matched_correlation=matched,
+        involution_correlation=inv_corr,
+        samples=stats.count,
+        rank=rank,
+        decidable=reason is None,
+        reason=reason,
+    )
+
+
+def match_layers(
+    stats: Mapping[str, PairStatistics], *, involutions: bool = True
+) -> dict[str, LayerMatch]:
+    """:func:`match_layer` for every group."""
+    return {name: match_layer(s, involutions=involutions) for name, s in stats.items()}
 
 
 def match_activations(stats: Mapping[str, PairStatistics]) -> dict[str, Tensor]:

@@ -10,16 +10,23 @@ the interpolated net; its ``m, v`` (and every BatchNorm's running statistics) ar
 one train-mode pass. The layers are then folded into the point's own weights
 (``scale = σ / sqrt(v + ε)``, ``W ← scale·W``, ``b ← scale·(b − m) + μ``; for BatchNorm the
 affine ``γ, β``), so the result has the original architecture.
+
+On a BatchNorm net that correction is what a BN reset already does. :func:`repair_activations`
+is REPAIR as in the REPAIR paper's and the published notebook's ResNets: at the *outputs* of
+residual blocks and of conv(+BN)+ReLU units, after the nonlinearity, where a BN reset does
+not act.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
+from gcnn.analysis.graph import ModelGraph
 from gcnn.analysis.merge import interpolate, reset_batchnorm
+from gcnn.analysis.probes import copy_graph, probe_nodes, tap_nodes
 from gcnn.analysis.progress import progress
 from gcnn.analysis.statistics import Batches, as_samples
 
@@ -148,3 +155,117 @@ def repair(
         _fold(wrapper.point, wrapper.renorm)
         _set_submodule(merged, name, wrapper.point)
     return merged.eval()
+
+
+# --------------------------------------------------------------------------- at activations
+
+
+@torch.no_grad()
+def activation_statistics(
+    model: nn.Module,
+    graph: ModelGraph,
+    nodes: Sequence[str],
+    batches: Batches,
+    device: torch.device | str = "cpu",
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per-channel mean and std (float64 ``(C,)`` each) of the named fx nodes' outputs.
+
+    ``model`` has the architecture ``graph`` was traced from; one pass in eval mode, pixels
+    count as samples.
+    """
+    probe = _NodeTaps(model, graph, nodes)
+    sums: dict[str, list] = {}
+    model.eval()
+    for x, _ in progress(batches, desc="activation statistics"):
+        for name, out in probe(x.to(device)).items():
+            s = as_samples(out)
+            acc = sums.setdefault(name, [0, torch.zeros_like(s[0]), torch.zeros_like(s[0])])
+            acc[0] += s.shape[0]
+            acc[1] += s.sum(0)
+            acc[2] += (s * s).sum(0)
+    out_stats = {}
+    for name, (n, s1, s2) in sums.items():
+        mean = s1 / n
+        out_stats[name] = (mean, (s2 / n - mean**2).clamp_min(0).sqrt())
+    return out_stats
+
+
+class _NodeTaps(nn.Module):
+    """``forward(x) -> {node name: output}`` for the named nodes (cloned where computed)."""
+
+    def __init__(self, model: nn.Module, graph: ModelGraph, nodes: Sequence[str]) -> None:
+        super().__init__()
+        self.traced = tap_nodes(model, graph, {n: n for n in nodes})
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.traced(x)[1]
+
+
+def renormalised(
+    model: nn.Module, graph: ModelGraph, targets: dict[str, tuple[Tensor, Tensor]]
+) -> fx.GraphModule:
+    """``model`` re-traced with a renormalising layer after each target node.
+
+    ``targets``: ``{node name: (mean (C,), std (C,))}``. Each layer is a BatchNorm
+    (``momentum=None``) whose affine output has the target mean and std once its running
+    statistics are estimated (:func:`~gcnn.analysis.merge.reset_batchnorm`). Returns an
+    ``fx.GraphModule`` sharing ``model``'s parameters; the new layers (``repair_0``,
+    ``repair_1``, …) are added to ``model`` (pass a copy).
+    """
+    new, output, by_name = copy_graph(graph)
+    ref = next(model.parameters())
+    for i, (name, (mean, std)) in enumerate(sorted(targets.items())):
+        renorm = _Renormalise(mean.numel(), momentum=None).to(ref)
+        with torch.no_grad():
+            renorm.weight.copy_(std)
+            renorm.bias.copy_(mean)
+        model.add_module(f"repair_{i}", renorm)
+        node = by_name[name]
+        with new.inserting_after(node):
+            fixed = new.call_module(f"repair_{i}", (node,))
+        node.replace_all_uses_with(fixed, delete_user_cb=lambda user, f=fixed: user is not f)
+    new.output(output)
+    return fx.GraphModule(model, new, type(model).__name__ + "Repaired")
+
+
+@torch.no_grad()
+def repair_activations(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    alpha: float,
+    batches: Batches,
+    graph: ModelGraph,
+    endpoint_stats: tuple[dict, dict] | None = None,
+    device: torch.device | str = "cpu",
+    nodes: Sequence[str] | None = None,
+) -> nn.Module:
+    r"""REPAIR at every activation output: the outputs of residual blocks and of conv(+BN)+ReLU
+    units (every ReLU-like node carrying a permutation group, on maps ≥ 2 px wide).
+
+    Each such node of ``θ(α)`` gets a renormalising layer with the interpolated target
+    ``μ = (1 − α) μ^A + α μ^B``, ``σ = (1 − α) σ^A + α σ^B``; the layers' statistics and every
+    BatchNorm's are then estimated in one train-mode pass over ``batches``. A shift after a
+    ReLU cannot be folded into the weights before it, so the result is an ``fx.GraphModule``
+    with one extra per-channel affine layer per node (unlike :func:`repair`, which keeps the
+    architecture). On a BatchNorm net this differs from a BN reset, which only restores the
+    statistics *before* each ReLU.
+    """
+    if nodes is None:
+        nodes = sorted({n for ns in probe_nodes(graph, "activation").values() for n in ns})
+    if endpoint_stats is None:
+        endpoint_stats = (
+            activation_statistics(model_a, graph, nodes, batches, device),
+            activation_statistics(model_b, graph, nodes, batches, device),
+        )
+    stats_a, stats_b = endpoint_stats
+    targets = {
+        n: (
+            torch.lerp(stats_a[n][0], stats_b[n][0], alpha),
+            torch.lerp(stats_a[n][1], stats_b[n][1], alpha),
+        )
+        for n in nodes
+    }
+    merged = interpolate(model_a, model_b, alpha)
+    repaired = renormalised(merged, graph, targets)
+    reset_batchnorm(repaired, batches, device)
+    return repaired.eval()

@@ -53,6 +53,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments of the builder")
     add_preprocessing_arguments(p)
+    p.add_argument(
+        "--no-mirror",
+        dest="mirror_closed",
+        action="store_false",
+        help="collect the statistics on the images only, not also on their mirror images "
+        "(not recommended: a data set that is not mirror-symmetric then biases the matching)",
+    )
+    p.add_argument(
+        "--probe",
+        choices=("activation", "last"),
+        default="activation",
+        help="where each group is measured: every ReLU-like output carrying it, before pooling "
+        "(default), or the last node carrying it on a map ≥ 2 px wide",
+    )
     p.add_argument("--device", help="default: cuda when available, else cpu")
     p.add_argument("--out", required=True, help="output folder for the report and plots")
     p.set_defaults(func=run)
@@ -215,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         data.test,
         arch=arch,
         alphas=alphas,
+        mirror_closed=args.mirror_closed,
+        probe=args.probe,
         device=device,
     )
     print(summary_table(report))

@@ -24,15 +24,27 @@ LAYER_KEYS = {
     "involution",
     "fixed_points",
     "two_cycles",
+    "longer_cycles",
+    "dead_channels",
+    "matched_correlation",
+    "involution_correlation",
     "equivariance_error_before",
     "equivariance_error_after",
+    "equivariance_error_normalized",
 }
 
 
 def _check(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "report"
     assert main(["check", *args, "--alphas", "0", "0.5", "1", "--out", str(out)]) == 0
-    for name in ("report.md", "barrier.png", "equivariance.png", "permutations.png"):
+    files = (
+        "report.md",
+        "permutations.json",
+        "barrier.png",
+        "equivariance.png",
+        "permutations.png",
+    )
+    for name in files:
         assert (out / name).stat().st_size > 0, name
     return json.loads((out / "report.json").read_text())
 
@@ -46,14 +58,20 @@ def test_trained_checkpoint_on_real_fashion_mnist(tmp_path, capsys) -> None:
     assert report["arch"] == "vgg11" and report["image_size"] == [32, 32]
     assert report["exact_size"] is True
     acc = report["accuracy"]
-    assert set(acc) == {"model", "twin", "merged", "merged_bn_reset", "merged_repair"}
+    assert set(acc) == {
+        "model", "twin", "merged", "merged_bn_reset", "merged_repair", "merged_repair_activations"
+    }  # fmt: skip
     assert acc["model"] > 70 and acc["twin"] > 70  # a trained net, flip-augmented
     assert set(report["barrier"]) >= {"loss", "accuracy"}
     assert len(report["layers"]) == 8 and all(LAYER_KEYS <= set(la) for la in report["layers"])
-    for layer in report["layers"]:
-        assert layer["equivariance_error_after"] <= layer["equivariance_error_before"] + 1e-12
+    assert report["statistics"]["mirror_closed"] is True and report["statistics"]["images"] == 200
+    for layer in report["layers"]:  # a trained CNN: aligned far better than chance
+        assert 0 < layer["equivariance_error_normalized"] < 0.9
+        assert layer["matched_correlation"] >= layer["involution_correlation"] - 1e-12
+    permutations = json.loads((tmp_path / "report" / "permutations.json").read_text())
+    assert sorted(permutations) == sorted(la["name"] for la in report["layers"])
     table = capsys.readouterr().out
-    assert "involutions" in table and "report.json" in table
+    assert "verdict:" in table and "report.json" in table
 
 
 def test_torchvision_arch_on_a_folder_of_real_images(tmp_path) -> None:

@@ -1,0 +1,170 @@
+"""The paper's experiment end to end: flip-merge vs two-net merge over seeds, regimes and widths.
+
+For every width and regime (``cnn``, ``cnn+inv``, ``gcnn``) this trains ``--seeds`` VGG11s on
+Fashion-MNIST with ``gcnn train``, runs ``gcnn check`` (merge with the flipped self) on every
+net and ``gcnn compare`` (merge two different nets) on disjoint pairs of nets of the same regime
+and width, then ``gcnn summarize`` over everything. Every step is skipped when its output
+exists, so a rerun resumes where a killed one stopped (a half-trained net resumes from its last
+epoch checkpoint).
+
+    python analysis/flip_study.py                       # the committed CPU study
+    python analysis/flip_study.py --phases train        # only train (e.g. in the background)
+    python analysis/flip_study.py --preset gpu          # the paper's scale on one GPU
+
+Layout of ``--out`` (default ``analysis/study``)::
+
+    runs/w<width>/<arch>_<regime>_fashion-mnist/seed<N>/{model.safetensors,model.json,log.jsonl}
+    checks/w<width>/<regime>/seed<N>/report.json (+ report.md, plots)
+    compares/w<width>/<regime>/seed<A>-seed<B>/report.json
+    summary/  (tables and figures of ``gcnn summarize``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REGIMES = ("cnn", "cnn+inv", "gcnn")
+PHASES = ("train", "check", "compare", "summarize")
+
+
+@dataclass
+class Preset:
+    """One scale of the study: what is trained and how the reports are measured."""
+
+    widths: tuple[float, ...]
+    seeds: int
+    epochs: int
+    train_subset: int | None
+    batch_size: int
+    lr: float
+    check_images: int  # statistics images (and their mirrors) for check / compare
+    eval_images: int
+    extra_train_args: list[str] = field(default_factory=list)
+
+
+PRESETS = {
+    # 2-core CPU: ≈ 2 000 img/s at width 0.25, ≈ 700 img/s at 0.5 (fp32, 2 threads)
+    "cpu": Preset((0.25, 0.5, 0.125), 4, 8, 30_000, 128, 0.05, 1000, 10_000),
+    # one H100/H200, data on the GPU, bf16: the paper's 24 nets per regime and width
+    "gpu": Preset((0.25, 0.5, 1.0), 24, 30, None, 500, 0.08, 5000, 10_000),
+    # CI: files and their schema, not scientific values
+    "tiny": Preset((0.125,), 2, 1, 600, 100, 0.05, 100, 200),
+}
+
+
+def arch_of(regime: str) -> str:
+    return "vgg11_flip" if regime == "gcnn" else "vgg11"
+
+
+def run_folder(out: Path, width: float, regime: str, seed: int) -> Path:
+    tag = regime.replace("+", "-")
+    return out / "runs" / f"w{width:g}" / f"{arch_of(regime)}_{tag}_fashion-mnist" / f"seed{seed}"
+
+
+def pairs(seeds: int) -> list[tuple[int, int]]:
+    """Disjoint pairs of seeds: (0, 1), (2, 3), …"""
+    return [(s, s + 1) for s in range(0, seeds - 1, 2)]
+
+
+class Study:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.preset = PRESETS[args.preset]
+        self.out = Path(args.out)
+        self.gcnn = shlex.split(args.gcnn)
+        self.widths = args.widths or self.preset.widths
+        self.seeds = args.seeds or self.preset.seeds
+
+    def call(self, argv: list[str], what: str) -> None:
+        cmd = [*self.gcnn, *argv]
+        print(f"[{time.strftime('%H:%M:%S')}] {what}: {shlex.join(cmd)}", flush=True)
+        result = subprocess.run(cmd, cwd=self.args.cwd or None)
+        if result.returncode != 0:
+            raise SystemExit(f"{what} failed with exit code {result.returncode}")
+
+    def train(self) -> None:
+        """Seed by seed, every regime: a stop at any point leaves a balanced set of nets."""
+        p = self.preset
+        for width in self.widths:
+            for seed in range(self.seeds):
+                for regime in REGIMES:
+                    if (run_folder(self.out, width, regime, seed) / "model.safetensors").is_file():
+                        continue
+                    argv = [
+                        "train", "--arch", arch_of(regime), "--regime", regime,
+                        "--width", f"{width:g}", "--data", "fashion-mnist",
+                        "--epochs", str(p.epochs), "--batch-size", str(p.batch_size),
+                        "--lr", str(p.lr), "--seeds", str(seed), "--eval-every", "2",
+                        "--out", str(self.out / "runs" / f"w{width:g}"), "--resume",
+                        "--no-progress", *p.extra_train_args,
+                    ]  # fmt: skip
+                    if p.train_subset is not None:
+                        argv += ["--train-subset", str(p.train_subset)]
+                    self.call(argv, f"train w{width:g} {regime} seed {seed}")
+
+    def measure_args(self) -> list[str]:
+        p = self.preset
+        return [
+            "--data", "fashion-mnist", "--num-images", str(p.check_images),
+            "--num-eval", str(p.eval_images),
+        ]  # fmt: skip
+
+    def check(self) -> None:
+        for width in self.widths:
+            for regime in REGIMES:
+                for seed in range(self.seeds):
+                    weights = run_folder(self.out, width, regime, seed) / "model.safetensors"
+                    report = self.out / "checks" / f"w{width:g}" / regime / f"seed{seed}"
+                    if not weights.is_file() or (report / "report.json").is_file():
+                        continue
+                    argv = ["check", "--weights", str(weights), "--out", str(report)]
+                    self.call(argv + self.measure_args(), f"check w{width:g} {regime} {seed}")
+
+    def compare(self) -> None:
+        for width in self.widths:
+            for regime in REGIMES:
+                for a, b in pairs(self.seeds):
+                    wa = run_folder(self.out, width, regime, a) / "model.safetensors"
+                    wb = run_folder(self.out, width, regime, b) / "model.safetensors"
+                    report = self.out / "compares" / f"w{width:g}" / regime / f"seed{a}-seed{b}"
+                    if not (wa.is_file() and wb.is_file()) or (report / "report.json").is_file():
+                        continue
+                    argv = ["compare", str(wa), str(wb), "--out", str(report)]
+                    self.call(argv + self.measure_args(), f"compare w{width:g} {regime} {a}-{b}")
+
+    def summarize(self) -> None:
+        inputs = [str(self.out / d) for d in ("runs", "checks", "compares")]
+        self.call(["summarize", *inputs, "--out", str(self.out / "summary")], "summarize")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    p.add_argument("--widths", type=float, nargs="+", help="override the preset's widths")
+    p.add_argument("--seeds", type=int, help="nets per regime and width (override)")
+    p.add_argument("--out", default=str(ROOT / "analysis" / "study"))
+    p.add_argument(
+        "--gcnn",
+        default=f"{shlex.quote(sys.executable)} -m gcnn.cli",
+        help="how to call gcnn (e.g. from a frozen checkout: run with --cwd that checkout)",
+    )
+    p.add_argument("--cwd", help="working directory of the gcnn calls")
+    args = p.parse_args(argv)
+    args.out = str(Path(args.out).resolve())
+    study = Study(args)
+    for phase in PHASES:
+        if phase in args.phases:
+            getattr(study, phase)()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
