@@ -225,3 +225,23 @@ def test_gzip_helper_sanity() -> None:
     file decompresses)."""
     name = "train-labels-idx1-ubyte.gz"
     assert len(gzip.decompress((DEBIAN_DIR / name).read_bytes())) == 60008
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ('{"argv": ["train", "--epoch", "3"]}', ["recorded arguments do not parse", "--epoch 3"]),
+        ('{"name": "x"}', ['no "config" object', "model.json"]),
+        ('{"config": {"epochs": 1, "lr_peak": 2}}', ["unknown training settings: lr_peak"]),
+        ("not json", ["is not a JSON file"]),
+        (None, ["no such file"]),
+    ],
+)
+def test_bad_config_files(content, words, tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "recipe.json"
+    if content is not None:
+        recipe.write_text(content)
+    out = tmp_path / "out"
+    line = _fails(["train", "--config", str(recipe), "--no-progress", "--out", str(out)], capsys)
+    assert all(w in line for w in words), line
+    assert not out.exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from gcnn.data.datasets import DATASETS, load_dataset
 from gcnn.errors import UsageError
@@ -118,13 +118,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 _CONFIG_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
 
 
+class _RecipeParser(argparse.ArgumentParser):
+    """Parses a recipe's recorded arguments (never abbreviated); an error names the recipe."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: its recorded arguments do not parse: {message}")
+
+
 def _legacy_recipe(meta: dict[str, Any], path: str) -> dict[str, Any] | None:
     """The config of an older recipe that recorded ``gcnn train`` arguments (``"argv"``)."""
     argv = meta.get("argv")
     if not isinstance(argv, list) or "config" in meta:
         return None
-    parser = argparse.ArgumentParser(prog=f"--config {path}", allow_abbrev=False)
-    add_parser(parser.add_subparsers(dest="command"))
+    parser = _RecipeParser(prog=f"--config {path}")
+    add_parser(parser.add_subparsers(dest="command", parser_class=_RecipeParser))
     args = parser.parse_args([str(a) for a in argv])
     return {"config": config_from_args(args).to_dict(), "seeds": getattr(args, "seeds", None)}
 
