@@ -96,8 +96,9 @@ def _check_finished(paths: RunPaths, config: dict[str, Any], identity: dict[str,
     _refuse_mismatch(
         f"the finished run {paths.dir}",
         diffs,
-        f"repeat it with gcnn train --config {paths.sidecar}, retrain it with --overwrite (it "
-        "stays until the new run finishes), or use another --out",
+        f"keep it with its own settings (gcnn train --config {paths.sidecar} --resume), "
+        "retrain it with the new ones with --overwrite (it stays until the new run finishes), "
+        "or use another --out",
     )
     return sidecar
 
