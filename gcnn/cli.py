@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import gcnn
-from gcnn.errors import GcnnError, UsageError, one_line
+from gcnn.errors import GcnnError, RankEcho, UsageError, one_line
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -76,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except _user_errors() as err:
-        label = getattr(err, "label", "error")
-        print(f"gcnn {args.command}: {label}: {one_line(err)}", file=sys.stderr)
+        if not isinstance(err, RankEcho):  # rank 0 reports it
+            label = getattr(err, "label", "error")
+            print(f"gcnn {args.command}: {label}: {one_line(err)}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"gcnn {args.command}: interrupted", file=sys.stderr)

@@ -29,6 +29,7 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "GcnnError",
+    "RankEcho",
     "RunFolderError",
     "RunLockedError",
     "RunStopped",
@@ -82,6 +83,11 @@ class ConfigMismatchError(RunFolderError):
     def __init__(self, message: str, differences: list[str]) -> None:
         super().__init__(message)
         self.differences = differences
+
+
+class RankEcho(GcnnError):
+    """On a DDP rank other than 0: rank 0 raised a user error (and reports it; this rank stays
+    silent, the CLI prints nothing for it)."""
 
 
 class RunStopped(GcnnError, RuntimeError):

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from gcnn.devices import resolve_device
-from gcnn.errors import GcnnError, RunFolderError
+from gcnn.errors import GcnnError, RankEcho
 
 T = TypeVar("T")
 
@@ -121,5 +121,5 @@ def on_main(fn: Callable[[], T], ctx: DistContext) -> T:
     if error is not None:
         raise error
     if kind == "error":
-        raise RunFolderError(f"rank 0 refused: {value}")
+        raise RankEcho(f"rank 0 refused: {value}")
     return value  # type: ignore[return-value]
