@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import gcnn
+from gcnn.runs import load_run
 from gcnn.train.distributed import DistContext, ranks_agree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,9 +42,8 @@ def test_torchrun_two_gloo_ranks_train_identical_weights(
     sidecar = json.loads(next(tmp_path.glob("*/seed0/model.json")).read_text())
     assert sidecar["world_size"] == 2 and sidecar["ranks_identical"] is True
     assert proc.stdout.count("vgg11_flip") == 1  # only rank 0 prints the summary
-    weights = next(tmp_path.glob("*/seed0/model.safetensors"))
-    model = gcnn.create_model("vgg11_flip", weights=weights, **sidecar["arch_kwargs"])
-    assert model.features[0].weight.shape[1] == 1
+    model, meta = load_run(next(tmp_path.glob("*/seed0")))
+    assert meta == sidecar and model.features[0].weight.shape[1] == 1
 
 
 def _check_agreement(rank: int, port: int, result_path: str) -> None:
