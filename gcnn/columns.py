@@ -317,6 +317,16 @@ class ColumnTracker(TorchDispatchMode):
         k, s, p, d = weight.shape[-1], stride[-1], padding[-1], dilation[-1]
         record.update(op="conv", kernel=k, stride=s, padding=p, dilation=d)
         width, n_out = src.width, out.shape[-1]
+        padded = ZERO if bias is None else self.intern(("conv", o, ()))
+        if k == 1:  # a per-column linear map (mirrors to itself): reuse the input's terms
+
+            def pointwise(cols: tuple[int, ...], twin: bool) -> tuple[int, ...]:
+                picked = (i * s - p for i in range(n_out))
+                return tuple(
+                    padded if not 0 <= q < width or cols[q] == ZERO else cols[q] for q in picked
+                )
+
+            return Columns(*self._both(src, pointwise))
 
         def conv(cols: tuple[int, ...], twin: bool) -> tuple[int, ...]:
             terms = []
@@ -524,7 +534,11 @@ class ColumnTracker(TorchDispatchMode):
         before = tuple(args[0].shape)
         after = tuple(out.shape)
         if src.kind == "vector":
-            return src if len(after) < 3 or after[-1] == 1 else self._unknown(o, name, out, src)
+            if len(after) < 3:
+                return src
+            if after[-1] == 1:  # (B, C) → (B, C, 1, 1): a map one column wide
+                return Columns(src.twin, src.model, "map")
+            return self._unknown(o, name, out, src)
         width = src.width
         if src.kind == "flat":
             if len(after) == 2 and after == before:
@@ -554,12 +568,27 @@ class ColumnTracker(TorchDispatchMode):
         return self._unknown(o, name, out, src)
 
     def _pointwise(self, o: int, name: str, args: tuple, kwargs: dict, out: Tensor) -> Columns:
-        data = [self.get(a) for a in tree_flatten((args, kwargs))[0]]
+        flat = tree_flatten((args, kwargs))[0]
+        data = [self.get(a) for a in flat]
         data = [d for d in data if d is not None]
+        for n, a in enumerate(flat):  # a constant that differs along the width (a positional
+            # embedding): its column j enters column j of the output in both networks
+            if isinstance(a, Tensor) and self.get(a) is None and a.dim() >= 3 and a.shape[-1] > 1:
+                const = tuple(self.intern(("const", o, n, j)) for j in range(a.shape[-1]))
+                data.append(Columns(const, const, "map"))
         kinds = {d.kind for d in data}
         kind = "map" if "map" in kinds else ("flat" if "flat" in kinds else "vector")
         width = max(d.width for d in data)
         zero_preserving = name in _ZERO_PRESERVING
+        if len(data) == 1 and data[0].kind == kind:
+            # one input, the same function on every column (and in both networks): the output
+            # columns are equal exactly where the input columns are, so the input's terms serve
+            # (a zero column stays zero only for zero-preserving ops)
+            zero = ZERO if zero_preserving else self.intern(("pw", o, ZERO))
+            only = data[0]
+            twin = tuple(zero if c == ZERO else c for c in only.twin)
+            model = tuple(zero if c == ZERO else c for c in only.model)
+            return Columns(twin, model, kind)
 
         def column(j: int, twin: bool) -> int:
             terms = []
