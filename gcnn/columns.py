@@ -58,7 +58,7 @@ _PER_COLUMN = {
 
 _SHAPE_OPS = {
     "view", "_unsafe_view", "reshape", "unsqueeze", "unsqueeze_", "squeeze", "squeeze_",
-    "expand", "flatten", "permute", "transpose", "t", "select", "unflatten", "as_strided",
+    "expand", "flatten", "permute", "transpose", "t", "select", "unflatten",
 }  # fmt: skip
 
 _CONSTANT_LIKE = {
@@ -123,6 +123,7 @@ class OpRecord:
     input_aligned: bool = True
     output_aligned: bool = True
     input_padded: bool = False  # its input had zero columns on one border only
+    known: bool = True  # False: an op gcnn.columns cannot follow (treated as breaking)
 
     @property
     def is_window(self) -> bool:
@@ -172,6 +173,7 @@ class ColumnTracker(TorchDispatchMode):
         self.alive: list[Tensor] = []  # keeps ids unique while tracing
         self.ops: list[OpRecord] = []
         self.count = 0
+        self.last_unknown = False  # the op being propagated is one the tracker cannot follow
 
     # ------------------------------------------------------------------ bookkeeping
     def track(self, x: Tensor) -> None:
@@ -219,7 +221,9 @@ class ColumnTracker(TorchDispatchMode):
         first = self.get(args[0]) if args else None
         src = first if first is not None else inputs[0]
         record: dict[str, Any] = {}
+        self.last_unknown = False
         cols = self._columns(func, name, args, kwargs, result, src, inputs, record)
+        record["unknown"] = self.last_unknown
         self._set(result, cols)
         if isinstance(out, tuple | list) and name == "max_pool2d_with_indices":
             pass  # the indices are positions, not values: left untracked
@@ -231,6 +235,7 @@ class ColumnTracker(TorchDispatchMode):
             input_aligned=aligned_in,
             output_aligned=cols.aligned(),
             input_padded=src.kind == "map" and _strip(src.twin) != src.twin,
+            known=not record.pop("unknown", False),
             **record,
         )
         if rec.op in ("conv", "max_pool", "avg_pool", "pad") or rec.breaks:
@@ -303,6 +308,7 @@ class ColumnTracker(TorchDispatchMode):
             term = self.intern((o, "op", src.twin[0])), self.intern((o, "op", src.model[0]))
             return Columns((term[0],), (term[1],), "vector")
         UNKNOWN.add(name)
+        self.last_unknown = True
         width = out.shape[-1] if out.dim() >= 3 else 1
         opaque = tuple(self.intern((o, "?", j)) for j in range(width))
         return Columns(opaque, opaque, "map" if out.dim() >= 3 else "vector")

@@ -49,9 +49,12 @@ def describe(op: OpRecord) -> str:
     if op.op == "pad":
         return f"{where} (pad left={op.pad_left} ≠ right={op.pad_right}, width {op.width})"
     if not op.is_window:
-        why = (
-            "reads a tensor padded on one side only" if op.input_padded else "not mirror-symmetric"
-        )
+        if not op.known:
+            why = "an op gcnn.columns cannot follow, treated as breaking"
+        elif op.input_padded:
+            why = "reads a tensor padded on one side only"
+        else:
+            why = "not mirror-symmetric"
         return f"{where} ({op.op} on width {op.width}: {why})"
     params = f"{op.op} k={op.kernel} s={op.stride} p={op.padding}" + (
         f" d={op.dilation}" if op.dilation != 1 else ""

@@ -741,9 +741,12 @@ class _Analyser:
             self.slots_on(out, key, 0)
         return out
 
-    def call_function(self, node: fx.Node) -> _Layout:
+    def call_function(self, node: fx.Node) -> Any:
         t = node.target
         method = node.op == "call_method"
+        inputs = [self.layouts.get(a) for a in _flat_nodes((node.args, node.kwargs))]
+        if inputs and all(layout is _CONST for layout in inputs):
+            return _CONST  # arithmetic on parameters and buffers only (a computed weight)
         if (method and t in _POINTWISE_METHODS) or (not method and t in _POINTWISE_FUNCTIONS):
             return self.layout_of(node, node.args[0] if node.args else node.kwargs.get("input"))
         if (method and t in _BINARY_METHODS) or (not method and t in _BINARY_FUNCTIONS):

@@ -740,3 +740,80 @@ def test_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     for block in blocks:
         exec(compile(block, "docs/analysis.md", "exec"), {})
     assert "12 64 layer1_1_relu_1" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- third-party layers
+
+
+class _Padded(nn.Module):
+    """Padding modules and F.pad between convs: spatial only, so the channels pass through."""
+
+    def __init__(self, channel_pad: bool = False) -> None:
+        super().__init__()
+        self.channel_pad = channel_pad
+        self.conv1 = nn.Conv2d(3, 6, 3)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.conv2 = nn.Conv2d(6, 6, 3, stride=2)
+        self.fill = nn.ConstantPad2d(1, 0.5)
+        self.conv3 = nn.Conv2d(7 if channel_pad else 6, 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv2(self.pad(torch.relu(self.conv1(x))))
+        y = F.pad(y, (2, 1, 1, 2, 0, 1) if self.channel_pad else (2, 1, 1, 2))
+        return self.conv3(self.fill(y)).mean((2, 3))
+
+
+class _Standardised(nn.Conv2d):
+    """Weight standardisation: the conv's weight is computed, not a parameter."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / 2
+        return F.conv2d(x, w, self.bias)
+
+
+class _ShapeBranch(nn.Module):
+    """Control flow on the input's shape (timm's ConvMlp does this): specialised when traced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        if y.shape[-1] < 7:
+            y = F.adaptive_avg_pool2d(y, (7, 7))
+        return self.head(y).mean((2, 3))
+
+
+def test_padding_modules_and_f_pad_keep_the_channels() -> None:
+    model = _Padded().double().eval()
+    x = torch.randn(2, 3, 13, 13, dtype=torch.float64)
+    graph = analyse_graph(model, x)
+    assert [g.name for g in graph.groups] == ["conv1", "conv2"]
+    assert [s.key for s in graph.group("conv2").slots] == [
+        "conv2.weight", "conv2.bias", "conv3.weight",
+    ]  # fmt: skip
+    permuted = permute_model(model, graph, random_permutations(graph))
+    torch.testing.assert_close(output(permuted, x), output(model, x))
+    with pytest.raises(UnsupportedGraphError, match=r"pad.*pads the channel axis"):
+        analyse_graph(_Padded(channel_pad=True), x.float())
+
+
+def test_a_computed_conv_weight_is_refused_naming_the_node() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _Standardised(4, 4, 3))
+    with pytest.raises(UnsupportedGraphError, match=r"conv2d whose weight is computed"):
+        analyse_graph(model, torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("width", [6, 12])
+def test_control_flow_on_shapes_is_specialised_to_the_example(width: int) -> None:
+    """Both branches trace (plain fx raises on ``if y.shape[-1] < 7``); each graph runs the
+    branch its example takes and computes the model."""
+    model = _ShapeBranch().eval()
+    x = torch.randn(2, 3, width + 2, width + 2)
+    graph = analyse_graph(model, x)
+    assert [g.name for g in graph.groups] == ["conv"]
+    pooled = any(n.target is F.adaptive_avg_pool2d for n in graph.graph_module.graph.nodes)
+    assert pooled == (width < 7)
+    torch.testing.assert_close(graph.graph_module(x), output(model, x))
