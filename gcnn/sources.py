@@ -161,8 +161,8 @@ def resolve_model(spec: str) -> ModelSource:
     close = difflib.get_close_matches(spec, names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ModelSourceError(
-        f"unknown model {spec!r}: use a gcnn name ({', '.join(list_models())}), a torchvision "
-        f"name, timm:<name>, or package.module:callable.{hint}"
+        f"unknown --arch (model) {spec!r}: use a gcnn name ({', '.join(list_models())}), a "
+        f"torchvision name, timm:<name>, or package.module:callable.{hint}"
     )
 
 

@@ -70,7 +70,7 @@ def test_checkpoint_shapes_give_the_class_count_and_channels(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("spec", "kwargs", "message"),
     [
-        ("resnt18", {}, r"unknown model 'resnt18'.*Did you mean resnet18"),
+        ("resnt18", {}, r"unknown --arch \(model\) 'resnt18'.*Did you mean resnet18"),
         ("timm:resnet5", {}, r"unknown timm model 'resnet5'; did you mean resnet50"),
         ("timm:", {}, r"timm: needs a model name"),
         ("no_such_pkg.nets:build", {}, r"cannot import 'no_such_pkg.nets'"),

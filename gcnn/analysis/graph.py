@@ -219,17 +219,22 @@ class _Tracer(fx.Tracer):
             return self.example if self.placeholders == 1 else (args[0] if args else None)
         self.evaluating = True
         try:
-            if kind == "get_attr":
-                return operator.attrgetter(target)(self.root)
-            if kind == "call_module":
-                return self.root.get_submodule(target)(*args, **kwargs)
-            if kind == "call_method":
-                return getattr(args[0], target)(*args[1:], **kwargs)
-            if kind == "call_function":
-                return target(*args, **kwargs)
-            return None
+            return self._run(kind, target, args, kwargs)
+        except Exception as err:  # the model itself fails on this input (too small, …)
+            raise _ModelRunError(str(err)) from err
         finally:
             self.evaluating = False
+
+    def _run(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
+        if kind == "get_attr":
+            return operator.attrgetter(target)(self.root)
+        if kind == "call_module":
+            return self.root.get_submodule(target)(*args, **kwargs)
+        if kind == "call_method":
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        if kind == "call_function":
+            return target(*args, **kwargs)
+        return None
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):  # noqa: ANN001, ANN201
         if kind == "output":
@@ -240,6 +245,10 @@ class _Tracer(fx.Tracer):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
         self.values[proxy.node] = value
         return proxy
+
+
+class _ModelRunError(RuntimeError):
+    """The model raised while the tracer ran it on the example input."""
 
 
 def _holds_tensor(value: Any) -> bool:
@@ -274,6 +283,9 @@ def _trace(model: nn.Module, example_input: Tensor) -> fx.GraphModule:
         with torch.no_grad():
             try:
                 graph = _Tracer(example_input).trace(model)
+            except _ModelRunError as err:  # not the graph's fault: the input does not fit
+                shape = tuple(example_input.shape)
+                raise RuntimeError(f"{type(model).__name__} cannot run on {shape}: {err}") from err
             except Exception as err:  # fx and the model's own code raise many kinds of errors
                 raise UnsupportedGraphError(
                     f"torch.fx cannot trace {type(model).__name__}: {err}"
