@@ -129,3 +129,35 @@ def test_verdict_equals_the_numerical_check_at_every_width(name: str) -> None:
     finally:
         torch.set_num_threads(threads)
     assert any(verdicts.values()) and not all(verdicts.values()), verdicts
+
+
+def _lite0_skeleton(channels: int = 4) -> nn.Module:
+    """EfficientNet-Lite0's window ops with its static TF-"same" pads, fixed for 224 (a
+    ``ZeroPad2d`` before every conv: stride-2 3×3 convs get ``(0, 1)``, stride-2 5×5 ``(1, 2)``)."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for k, s, (left, right) in [
+        (3, 2, (0, 1)), (3, 1, (1, 1)), (3, 2, (0, 1)), (5, 2, (1, 2)),
+        (3, 2, (0, 1)), (5, 1, (2, 2)), (5, 2, (1, 2)), (3, 1, (1, 1)),
+    ]:  # fmt: skip
+        layers += [nn.ZeroPad2d((left, right, left, right)), nn.Conv2d(c_in, channels, k, s)]
+        layers.append(nn.ReLU())
+        c_in = channels
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3))
+
+
+def test_static_same_padding_is_exact_where_the_unread_column_never_matters() -> None:
+    """The EfficientNet-Lite0 case of issue 10: exact at 191, 223, 255 and 287 (and nowhere
+    else in 180–299), as the float64 check confirms, although every width has asymmetric pads
+    (which the op-by-op rule rejects); 224 and 225 are not exact, naming the stem."""
+    torch.manual_seed(0)
+    model = _lite0_skeleton().double().eval()
+    exact = [w for w in range(180, 300) if flip_exactness(model, (64, w), search=0).exact]
+    assert exact == [191, 223, 255, 287]
+    for width in (191, 223, 224, 225):
+        report = flip_exactness(model, (64, width), search=0)
+        assert any(o.op == "pad" and o.remainder for o in report.ops)  # the old rule: never
+        x = torch.randn(2, 3, 64, width, dtype=torch.float64)
+        assert numerical_flip_check(model, x).exact == report.exact
+    at_224 = flip_exactness(model, (64, 224))
+    assert at_224.breaking_ops[0].module == "1" and at_224.nearest_exact == (223, 255)
