@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from gcnn.data.datasets import DATASETS, load_dataset
 from gcnn.errors import UsageError
-from gcnn.models import get_builder
+from gcnn.models import get_builder, is_flip_arch
 from gcnn.runs import read_recipe
 from gcnn.train.config import REGIMES, TrainConfig
 from gcnn.train.distributed import init_distributed
@@ -166,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         arch_kwargs["width"] = args.width
     values["arch_kwargs"] = arch_kwargs
     if "regime" not in values:
-        values["regime"] = "gcnn" if "flip" in values.get("arch", TrainConfig.arch) else "cnn"
+        values["regime"] = "gcnn" if is_flip_arch(values.get("arch", TrainConfig.arch)) else "cnn"
     return TrainConfig.from_dict(values, source=f"--config {config_file}")
 
 

@@ -2,7 +2,8 @@
 
 Both walk the module tree of a copy of the model and swap each layer for its counterpart, so the
 containers (gcnn's ``VGG``, torchvision's ``ResNet`` and ``Bottleneck``) and every module name
-stay the same; the model's class is swapped for the registered counterpart class.
+stay the same; the model's class is swapped for its twin in the registered model family
+(:func:`gcnn.models.registry.class_twin`).
 
 * hand-written → escnn (:func:`flip_to_escnn`): ``FlipConv2d`` → :class:`EscnnConv2d`,
   ``FlipBatchNorm2d`` → :class:`EscnnBatchNorm2d`, ``InvariantLinear`` →
@@ -21,10 +22,10 @@ from collections.abc import Callable
 from torch import nn
 
 from gcnn.escnn.layers import EscnnBatchNorm2d, EscnnConv2d, EscnnInvariantLinear, EscnnPointwise
+from gcnn.escnn.sharing import deepcopy_sharing
+from gcnn.models.registry import class_twin
 from gcnn.nn import FlipBatchNorm2d, FlipConv2d, InvariantLinear
 
-# hand-written flip model class -> escnn model class (filled by gcnn.escnn.models)
-ESCNN_CLASS_OF: dict[type[nn.Module], type[nn.Module]] = {}
 _ESCNN_LAYERS = (EscnnConv2d, EscnnBatchNorm2d, EscnnInvariantLinear, EscnnPointwise)
 
 
@@ -73,7 +74,7 @@ def flip_to_escnn(model: nn.Module, *, inplace: bool = False, check: bool = True
         return converted
     out = model if inplace else copy.deepcopy(model)
     _swap_children(out, convert)
-    escnn_class = ESCNN_CLASS_OF.get(type(model))
+    escnn_class = class_twin(type(model), "escnn")
     if escnn_class is not None:
         out.__class__ = escnn_class
     return out
@@ -83,9 +84,9 @@ def escnn_to_flip(model: nn.Module) -> nn.Module:
     """The hand-written flip twin of an escnn-built model: same names, identical outputs."""
     if isinstance(model, _ESCNN_LAYERS):
         return model.to_flip()
-    out = copy.deepcopy(model)
+    out = deepcopy_sharing(model)
     _swap_children(out, _to_flip)
-    flip_class = getattr(type(model), "flip_class", None)
+    flip_class = class_twin(type(model), "flip")
     if flip_class is not None:
         out.__class__ = flip_class
     return out
@@ -93,5 +94,9 @@ def escnn_to_flip(model: nn.Module) -> nn.Module:
 
 def max_projection_error(model: nn.Module) -> float:
     """Largest absolute filter/bias residual of the hand-written → escnn solves in ``model``."""
-    errors = [getattr(m, "projection_error", 0.0) for m in model.modules()]
+    errors = [
+        m.projection_error
+        for m in model.modules()
+        if isinstance(m, EscnnConv2d | EscnnInvariantLinear)
+    ]
     return max(errors, default=0.0)

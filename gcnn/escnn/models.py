@@ -16,38 +16,28 @@ from typing import Any
 from torch import nn
 from torchvision.models import ResNet
 
-from gcnn.escnn.convert import ESCNN_CLASS_OF, escnn_to_flip, flip_to_escnn
+from gcnn.escnn.convert import escnn_to_flip, flip_to_escnn
 from gcnn.models.flipify import FlipModelMixin
 from gcnn.models.registry import with_weights
-from gcnn.models.resnet import FlipResNet, resnet50_flip
-from gcnn.models.vgg import VGG, FlipVGG, vgg11_flip
+from gcnn.models.resnet import resnet50_flip
+from gcnn.models.vgg import VGG, vgg11_flip
 
 
 class EscnnModelMixin(FlipModelMixin):
-    """escnn model: ``export()`` to plain (from the mixin), ``to_flip()`` to hand-written."""
-
-    flip_class: type[nn.Module]
+    """escnn model: ``export()`` to plain (from the mixin), ``to_flip()`` to hand-written; the
+    classes are the registered family's (``gcnn.models``)."""
 
     def to_flip(self) -> nn.Module:
-        """The hand-written flip model (``flip_class``) with identical outputs."""
+        """The hand-written flip model (the family's flip class) with identical outputs."""
         return escnn_to_flip(self)  # type: ignore[arg-type]
 
 
 class EscnnVGG(EscnnModelMixin, VGG):
     """A :class:`~gcnn.models.vgg.VGG` of escnn layers; ``export()`` gives a plain ``VGG``."""
 
-    plain_class = VGG
-    flip_class = FlipVGG
-
 
 class EscnnResNet(EscnnModelMixin, ResNet):
     """A torchvision ``ResNet`` of escnn layers; ``export()`` gives a torchvision ``ResNet``."""
-
-    plain_class = ResNet
-    flip_class = FlipResNet
-
-
-ESCNN_CLASS_OF.update({FlipVGG: EscnnVGG, FlipResNet: EscnnResNet})
 
 
 def _vgg11_flip_escnn(

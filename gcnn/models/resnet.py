@@ -16,8 +16,6 @@ class FlipResNet(FlipModelMixin, ResNet):
     ``export()`` returns a plain ``torchvision.models.ResNet`` with identical outputs.
     """
 
-    plain_class = ResNet
-
 
 def resnet50(*, num_classes: int = 1000, **kwargs: Any) -> ResNet:
     """torchvision's ResNet50 (random init); torchvision checkpoints load unchanged.

@@ -39,8 +39,6 @@ class VGG(nn.Module):
 class FlipVGG(FlipModelMixin, VGG):
     """A :class:`VGG` built from flip layers; ``export()`` gives a plain :class:`VGG`."""
 
-    plain_class = VGG
-
 
 def _make_features(
     cfg: tuple[int | str, ...], in_channels: int, width: float, batch_norm: bool

@@ -3,7 +3,16 @@
 from gcnn.nn.batchnorm import FlipBatchNorm2d
 from gcnn.nn.conv import FlipConv2d
 from gcnn.nn.export import export_modules
-from gcnn.nn.fields import FIELD_TYPES, Fields, FieldSpec, FieldType, flip_action, swap_pairs
+from gcnn.nn.fields import (
+    FIELD_TYPES,
+    Fields,
+    FieldSpec,
+    FieldType,
+    flip_action,
+    involution_layout,
+    swap_pairs,
+)
+from gcnn.nn.linear import FlipLinear
 from gcnn.nn.module import FlipModule
 from gcnn.nn.pooling import InvariantLinear, PairPool
 
@@ -14,10 +23,12 @@ __all__ = [
     "Fields",
     "FlipBatchNorm2d",
     "FlipConv2d",
+    "FlipLinear",
     "FlipModule",
     "InvariantLinear",
     "PairPool",
     "export_modules",
     "flip_action",
+    "involution_layout",
     "swap_pairs",
 ]

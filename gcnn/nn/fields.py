@@ -136,3 +136,24 @@ def flip_action(x: Tensor, field: FieldSpec = "trivial") -> Tensor:
     if x.dim() >= 3:
         x = x.flip(-1)
     return fields.act(x, 1)
+
+
+def involution_layout(perm: Tensor) -> tuple[Tensor, Fields]:
+    """Reorder a channel involution into a :class:`Fields` layout.
+
+    For an involution ``perm`` (``perm[perm[c]] == c``: every channel fixed or swapped with one
+    partner) returns ``order`` (long, ``(C,)``) and the layout ``Fields(t, r)`` with ``t`` fixed
+    points and ``r`` 2-cycles: channel ``k`` of the reordered tensor ``x[:, order]`` is
+    channel ``order[k]`` of ``x``; the fixed points come first (ascending), then each 2-cycle
+    ``(a, b)``, ``a < b``, on consecutive positions. In the new order ``perm`` acts as the
+    layout's :meth:`Fields.permutation`. Raises ``ValueError`` when ``perm`` is no involution.
+    """
+    p = perm.long().cpu()
+    n = len(p)
+    if sorted(p.tolist()) != list(range(n)) or not torch.equal(p[p], torch.arange(n)):
+        raise ValueError("not an involution: every channel must be fixed or in one 2-cycle")
+    channels = torch.arange(n)
+    fixed = channels[p == channels]
+    first = channels[p > channels]
+    pairs = torch.stack((first, p[first]), dim=1).flatten()
+    return torch.cat((fixed, pairs)), Fields(trivial=len(fixed), regular=len(first))

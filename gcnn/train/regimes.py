@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from gcnn.errors import TrainingCollapsed, UsageError
 from gcnn.models.flipify import FlipModelMixin
+from gcnn.models.registry import is_flip_arch
 
 __all__ = [
     "PenultimateFeatures",
@@ -30,7 +31,7 @@ __all__ = [
 
 def is_flip_model(arch: str, model: nn.Module) -> bool:
     """Whether ``model`` (registered as ``arch``) is a flip GCNN: hand-written or escnn."""
-    if isinstance(model, FlipModelMixin) or "flip" in arch:
+    if isinstance(model, FlipModelMixin) or is_flip_arch(arch):
         return True
     return any(type(m).__module__.split(".")[0] == "escnn" for m in model.modules())
 

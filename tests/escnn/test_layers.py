@@ -11,7 +11,7 @@ from torch import nn
 
 from gcnn.escnn import EscnnBatchNorm2d, EscnnConv2d, EscnnInvariantLinear, flip_to_escnn
 from gcnn.escnn.layers import field_type, free_dimension, independent_basis, set_conv_filter
-from gcnn.nn import FlipBatchNorm2d, FlipConv2d, InvariantLinear
+from gcnn.nn import Fields, FlipBatchNorm2d, FlipConv2d, InvariantLinear
 from gcnn.testing import assert_flip_equivariant, assert_same_outputs, flip_equivariance_error
 
 FIELDS = [("regular", "regular"), ("trivial", "regular"), ("regular", "trivial")]
@@ -89,8 +89,14 @@ def test_escnn_conv_is_equivariant_and_a_plain_conv_is_not(a, seed) -> None:
     x = torch.randn(2, flip.in_channels, 8, exact_width(k, s, p), dtype=torch.float64)
     assert_flip_equivariant(escnn_conv, x, a["in_type"], a["out_type"])
     plain = nn.Conv2d(flip.in_channels, flip.out_channels, k, s, p).double()
+    with torch.no_grad():  # its anti-equivariant part (W − g·W)/2: no equivariant component
+        w = plain.weight
+        out_f, in_f = Fields.of(a["out_type"], w.shape[0]), Fields.of(a["in_type"], w.shape[1])
+        plain.weight.copy_((w - out_f.act(in_f.act(w.flip(-1), 1), 0)) / 2)
     assert flip_equivariance_error(plain, x, a["in_type"], a["out_type"]) > 1e-4
-    assert set_conv_filter(escnn_conv.conv, plain.weight.detach()) > 1e-2
+    scale = plain.weight.abs().max().item()
+    assert scale > 0
+    assert set_conv_filter(escnn_conv.conv, plain.weight.detach()) > 0.5 * scale
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -143,3 +149,21 @@ def test_fast_paths_match_escnn(train) -> None:
     x = torch.randn(3, 6, 4, 4)
     expected = bn.bn(enn.GeometricTensor(x, bn.bn.in_type)).tensor
     torch.testing.assert_close(bn(x), expected)
+
+
+def test_deep_copies_share_escnn_constants_without_changing_escnn() -> None:
+    """gcnn's escnn layers deep-copy escnn's immutable objects by reference; escnn's own
+    classes are left alone (a plain deep copy of a field type is a new object)."""
+    import copy
+
+    from gcnn.escnn.sharing import IMMUTABLE_ESCNN_TYPES
+
+    conv = EscnnConv2d(4, 6, 3)
+    twin = copy.deepcopy(conv)
+    assert twin.conv.in_type is conv.conv.in_type  # shared
+    assert twin.conv.weights is not conv.conv.weights
+    with torch.no_grad():
+        twin.conv.weights.add_(1)
+    assert not torch.equal(twin.conv.weights, conv.conv.weights)  # parameters are copies
+    assert not any("__deepcopy__" in vars(cls) for cls in IMMUTABLE_ESCNN_TYPES)
+    assert copy.deepcopy(conv.conv.in_type) is not conv.conv.in_type  # escnn unchanged

@@ -64,7 +64,10 @@ def mixed_convs(draw: st.DrawFn, stride_one: bool = False) -> MixedConv:
     stride = 1 if stride_one else draw(st.integers(1, 2))
     dilation = draw(st.integers(1, 2))
     k_eff = dilation * (kernel[1] - 1) + 1
-    padding = (draw(st.integers(0, 1)), draw(st.integers(0, k_eff // 2)))
+    k_eff_h = dilation * (kernel[0] - 1) + 1
+    # padding up to half the kernel: every window covers a real pixel (a window entirely in
+    # the padding makes the output trivially symmetric)
+    padding = (draw(st.integers(0, k_eff_h // 2)), draw(st.integers(0, k_eff // 2)))
     low = max(k_eff - 2 * padding[1], 1)
     width = next(w for w in range(low, low + stride) if (w + 2 * padding[1] - k_eff) % stride == 0)
     width += stride * draw(st.integers(0, 3))
