@@ -27,7 +27,7 @@ small = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=5)
+@settings(max_examples=3)
 @given(kwargs=small, bn=st.booleans(), train=st.booleans(), size=st.sampled_from([32, 64]))
 def test_flip_vgg_is_invariant_exports_and_loads_into_the_plain_builder(kwargs, bn, train, size):
     name = "tv_vgg11_bn" if bn else "tv_vgg11"
