@@ -13,7 +13,7 @@ from gcnn.nn.fields import (
     swap_pairs,
 )
 from gcnn.nn.linear import FlipLinear
-from gcnn.nn.module import FlipModule
+from gcnn.nn.module import FlipHook, FlipModule
 from gcnn.nn.pooling import InvariantLinear, PairPool
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Fields",
     "FlipBatchNorm2d",
     "FlipConv2d",
+    "FlipHook",
     "FlipLinear",
     "FlipModule",
     "InvariantLinear",

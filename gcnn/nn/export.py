@@ -6,7 +6,7 @@ import copy
 
 from torch import nn
 
-from gcnn.nn.module import FlipModule
+from gcnn.nn.module import FlipHook, FlipModule
 
 
 def export_modules(module: nn.Module) -> nn.Module:
@@ -14,7 +14,8 @@ def export_modules(module: nn.Module) -> nn.Module:
 
     The copy keeps the class of ``module`` and of every container; the caller's module and its
     train/eval mode are left untouched. Forward hooks and pre-hooks that flip models use to
-    warn about inexact input sizes are dropped (plain models do not warn).
+    warn about inexact input sizes are dropped (plain models do not warn): instances of
+    :class:`FlipHook`, and hooks with a true ``is_flip_hook`` attribute (the older marker).
     """
     out = copy.deepcopy(module)
     _export_children(out)
@@ -33,5 +34,9 @@ def _export_children(module: nn.Module) -> None:
 def _drop_flip_hooks(module: nn.Module) -> None:
     for sub in module.modules():
         for hooks in (sub._forward_pre_hooks, sub._forward_hooks):
-            for key in [k for k, h in hooks.items() if getattr(h, "is_flip_hook", False)]:
+            for key in [k for k, h in hooks.items() if _is_flip_hook(h)]:
                 del hooks[key]
+
+
+def _is_flip_hook(hook: object) -> bool:
+    return isinstance(hook, FlipHook) or bool(getattr(hook, "is_flip_hook", False))

@@ -40,3 +40,9 @@ class FlipModule(nn.Module):
     def export(self) -> nn.Module:
         """Plain torch modules with identical outputs (``self`` unchanged)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement export()")
+
+
+class FlipHook:
+    """Base class of the forward (pre-)hooks that flip models carry and plain models must not
+    (e.g. the inexact-size warning of :mod:`gcnn.exactness`): :func:`gcnn.nn.export_modules`
+    drops every hook that is an instance of it."""
