@@ -47,6 +47,7 @@ class Preset:
     check_images: int  # statistics images (and their mirrors) for check / compare
     eval_images: int
     extra_train_args: list[str] = field(default_factory=list)
+    extra_measure_args: list[str] = field(default_factory=list)
 
 
 PRESETS = {
@@ -55,7 +56,18 @@ PRESETS = {
     # one H100/H200, data on the GPU, bf16: the paper's 24 nets per regime and width
     "gpu": Preset((0.25, 0.5, 1.0), 24, 30, None, 500, 0.08, 5000, 10_000),
     # CI: files and their schema, not scientific values
-    "tiny": Preset((0.125,), 2, 1, 600, 100, 0.05, 100, 200),
+    "tiny": Preset(
+        (0.125,),
+        2,
+        1,
+        600,
+        100,
+        0.05,
+        64,
+        128,
+        ["--test-subset", "200"],
+        ["--alphas", "0", "0.5", "1", "--methods", "interpolate", "bn_reset"],
+    ),  # fmt: skip
 }
 
 
@@ -85,9 +97,14 @@ class Study:
     def call(self, argv: list[str], what: str) -> None:
         cmd = [*self.gcnn, *argv]
         print(f"[{time.strftime('%H:%M:%S')}] {what}: {shlex.join(cmd)}", flush=True)
-        result = subprocess.run(cmd, cwd=self.args.cwd or None)
-        if result.returncode != 0:
-            raise SystemExit(f"{what} failed with exit code {result.returncode}")
+        if self.gcnn == ["inprocess"]:
+            from gcnn.cli import main as gcnn_main
+
+            code = gcnn_main(argv)
+        else:
+            code = subprocess.run(cmd, cwd=self.args.cwd or None).returncode
+        if code != 0:
+            raise SystemExit(f"{what} failed with exit code {code}")
 
     def train(self) -> None:
         """Seed by seed, every regime: a stop at any point leaves a balanced set of nets."""
@@ -113,7 +130,7 @@ class Study:
         p = self.preset
         return [
             "--data", "fashion-mnist", "--num-images", str(p.check_images),
-            "--num-eval", str(p.eval_images),
+            "--num-eval", str(p.eval_images), *p.extra_measure_args,
         ]  # fmt: skip
 
     def check(self) -> None:
@@ -154,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--gcnn",
         default=f"{shlex.quote(sys.executable)} -m gcnn.cli",
-        help="how to call gcnn (e.g. from a frozen checkout: run with --cwd that checkout)",
+        help="how to call gcnn (e.g. from a frozen checkout: run with --cwd that checkout); "
+        "'inprocess' calls gcnn.cli.main in this process",
     )
     p.add_argument("--cwd", help="working directory of the gcnn calls")
     args = p.parse_args(argv)

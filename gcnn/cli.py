@@ -22,8 +22,10 @@ __all__ = ["UsageError", "build_parser", "main"]
 #: Modules that each define ``add_parser(subparsers)``; the parser's ``func(args) -> int`` runs it.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gcnn.commands.check",
+    "gcnn.commands.compare",
     "gcnn.commands.demo",
     "gcnn.commands.exactness",
+    "gcnn.commands.summarize",
     "gcnn.commands.train",
 )
 

@@ -58,6 +58,9 @@ from gcnn.exactness import flip_exactness
 from gcnn.testing import TOLERANCES, flip_equivariance_error
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: A group is aligned *exactly* when its equivariance error after alignment is at most this
+#: fraction of its chance level (float32 activations of a permuted GCNN reach ~1e-12).
+EXACT_TOLERANCE = 1e-6
 METHODS: tuple[str, ...] = ("interpolate", "bn_reset", "repair", "repair_activations")
 
 
@@ -89,7 +92,7 @@ class LayerReport:
     decidable: bool = True
     undecided_reason: str | None = None
     samples: int = 0
-    rank: int = 0
+    tied_channels: int = 0
     matched_correlation: float | None = None
     involution_correlation: float | None = None
     involution_gap: float | None = None
@@ -98,6 +101,13 @@ class LayerReport:
     equivariance_error_chance: float | None = None
     equivariance_error_normalized: float | None = None
     probe_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        """Aligned to float precision (the partner's group is a permutation of this one on the
+        data; for the flipped twin with an involution: a permuted GCNN layer)."""
+        e = self.equivariance_error_normalized
+        return e is not None and e <= EXACT_TOLERANCE
 
 
 @dataclass
@@ -127,6 +137,8 @@ class CheckReport:
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
         out.pop("permutations")
+        for layer, entry in zip(self.layers, out["layers"], strict=True):
+            entry["exact"] = layer.exact
         out["image_size"] = list(self.image_size)
         return out
 
@@ -191,7 +203,8 @@ def layer_reports(
         position = torch.full((group.size,), -1, dtype=torch.long)
         position[live_idx] = torch.arange(len(live_idx))
         on_live = position[m.perm[live_idx]]  # the permutation restricted to live channels
-        s = PermutationStructure.of(on_live)
+        # (weight matching may send a live channel to a dead one: then the whole permutation)
+        s = PermutationStructure.of(m.perm if bool((on_live < 0).any()) else on_live)
         after = st.relative_sq_error(m.perm)
         chance = st.chance_sq_error(m.live)
         out.append(
@@ -212,7 +225,7 @@ def layer_reports(
                 decidable=m.decidable,
                 undecided_reason=m.reason,
                 samples=m.samples,
-                rank=m.rank,
+                tied_channels=m.tied,
                 matched_correlation=m.matched_correlation,
                 involution_correlation=m.involution_correlation,
                 involution_gap=m.gap,
@@ -228,6 +241,14 @@ def layer_reports(
     return out
 
 
+def validate_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """``methods`` in :data:`METHODS` order; ``interpolate`` is always measured (the endpoints)."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown merge methods {unknown}; choose from {', '.join(METHODS)}")
+    return tuple(m for m in METHODS if m in methods or m == "interpolate")
+
+
 def curves(
     model: nn.Module,
     partner: nn.Module,
@@ -236,6 +257,7 @@ def curves(
     eval_batches: Batches,
     graph: ModelGraph,
     device: torch.device | str = "cpu",
+    methods: Sequence[str] = METHODS,
 ) -> dict[str, list[Evaluation]]:
     """The interpolation curve ``θ(α)`` of ``model`` and an aligned ``partner``, per method.
 
@@ -244,28 +266,34 @@ def curves(
     every activation output (block outputs and conv(+BN)+ReLU units; see
     :func:`~gcnn.analysis.repair.repair_activations`).
     """
-    names = repair_points(model)
-    endpoint_stats = (
-        channel_statistics(model, names, train_batches, device),
-        channel_statistics(partner, names, train_batches, device),
-    )
-    nodes = sorted({n for ns in probe_nodes(graph, "activation").values() for n in ns})
-    activation_stats = (
-        activation_statistics(model, graph, nodes, train_batches, device),
-        activation_statistics(partner, graph, nodes, train_batches, device),
-    )
-    out: dict[str, list[Evaluation]] = {m: [] for m in METHODS}
+    methods = validate_methods(methods)
+    if "repair" in methods:
+        names = repair_points(model)
+        endpoint_stats = (
+            channel_statistics(model, names, train_batches, device),
+            channel_statistics(partner, names, train_batches, device),
+        )
+    if "repair_activations" in methods:
+        nodes = sorted({n for ns in probe_nodes(graph, "activation").values() for n in ns})
+        activation_stats = (
+            activation_statistics(model, graph, nodes, train_batches, device),
+            activation_statistics(partner, graph, nodes, train_batches, device),
+        )
+    out: dict[str, list[Evaluation]] = {m: [] for m in methods}
     for alpha in alphas:
         merged = interpolate(model, partner, alpha)
         out["interpolate"].append(evaluate(merged, eval_batches, device))
-        reset_batchnorm(merged, train_batches, device)
-        out["bn_reset"].append(evaluate(merged, eval_batches, device))
-        repaired = repair(model, partner, alpha, train_batches, device, endpoint_stats)
-        out["repair"].append(evaluate(repaired, eval_batches, device))
-        repaired = repair_activations(
-            model, partner, alpha, train_batches, graph, activation_stats, device
-        )
-        out["repair_activations"].append(evaluate(repaired, eval_batches, device))
+        if "bn_reset" in methods:
+            reset_batchnorm(merged, train_batches, device)
+            out["bn_reset"].append(evaluate(merged, eval_batches, device))
+        if "repair" in methods:
+            repaired = repair(model, partner, alpha, train_batches, device, endpoint_stats)
+            out["repair"].append(evaluate(repaired, eval_batches, device))
+        if "repair_activations" in methods:
+            repaired = repair_activations(
+                model, partner, alpha, train_batches, graph, activation_stats, device
+            )
+            out["repair_activations"].append(evaluate(repaired, eval_batches, device))
     return out
 
 
@@ -311,22 +339,45 @@ def _float_keys(model: nn.Module) -> list[str]:
     ]
 
 
-def verdict(layers: Sequence[LayerReport]) -> dict[str, object]:
+def verdict(layers: Sequence[LayerReport], require_involution: bool = True) -> dict[str, object]:
     """Is the net a permuted GCNN? Judged on the decidable layers only.
 
-    ``gcnn``: ``True`` when every decidable layer's best matching is an involution, ``False``
-    when one is not, ``None`` when no layer is decidable.
+    ``gcnn``: ``True`` when every decidable layer is aligned *exactly* (:attr:`LayerReport.exact`)
+    by an involution, ``False`` when one is not, ``None`` when none is decidable.
+    An involutive best matching alone is weak evidence: with mirror-closed statistics the
+    correlation matrix is symmetric, and on a symmetric matrix every even cycle of an optimal
+    permutation can be split into an involution of equal score — a plain random CNN's best
+    matchings are mostly involutions too. So the verdict needs the alignment to be exact, and
+    the distance to a GCNN is read off the normalised errors, the matched correlations and the
+    barriers. ``require_involution=False`` (two different nets): exact alignment alone.
     """
     decidable = [la for la in layers if la.decidable]
-    involutive = [la for la in decidable if la.involution]
-    gcnn = None if not decidable else len(involutive) == len(decidable)
+    exact = [la for la in decidable if la.exact and (la.involution or not require_involution)]
+    normalized = [
+        la.equivariance_error_normalized
+        for la in decidable
+        if la.equivariance_error_normalized is not None
+    ]
     return {
-        "gcnn": gcnn,
-        "involutive_layers": len(involutive),
+        "gcnn": None if not decidable else len(exact) == len(decidable),
+        "exact_layers": len(exact),
+        "involutive_layers": sum(la.involution for la in decidable),
         "decidable_layers": len(decidable),
         "undecided_layers": len(layers) - len(decidable),
-        "not_involutive": [la.name for la in decidable if not la.involution],
+        "not_exact": [la.name for la in decidable if not la.exact],
+        "mean_equivariance_error_normalized": sum(normalized) / len(normalized)
+        if normalized
+        else None,
     }
+
+
+#: The report's name of each method's α = ½ point.
+MERGED_POINT = {
+    "interpolate": "merged",
+    "bn_reset": "merged_bn_reset",
+    "repair": "merged_repair",
+    "repair_activations": "merged_repair_activations",
+}
 
 
 def measure_merge(
@@ -337,20 +388,22 @@ def measure_merge(
     eval_batches: Batches,
     alphas: Sequence[float],
     device: torch.device | str,
+    methods: Sequence[str] = METHODS,
 ) -> tuple[dict[str, list[Evaluation]], dict[str, object], dict[str, Evaluation]]:
-    """Curves, barriers and the named points of merging ``model`` with an aligned ``partner``."""
-    found = curves(model, partner, alphas, train_batches, eval_batches, graph, device)
+    """Curves, barriers and the named points of merging ``model`` with an aligned ``partner``.
+
+    The top-level barrier is REPAIR's (folded) when measured, else the last method's.
+    """
+    found = curves(model, partner, alphas, train_batches, eval_batches, graph, device, methods)
     half = list(alphas).index(0.5)
     points = {
         "model": found["interpolate"][0],
         "twin": found["interpolate"][-1],  # the aligned partner: its function, permuted
-        "merged": found["interpolate"][half],
-        "merged_bn_reset": found["bn_reset"][half],
-        "merged_repair": found["repair"][half],
-        "merged_repair_activations": found["repair_activations"][half],
     }
-    by_method = {m: asdict(barrier(alphas, found[m])) for m in METHODS}
-    return found, {**by_method["repair"], "method": "repair", "by_method": by_method}, points
+    points |= {MERGED_POINT[m]: curve[half] for m, curve in found.items()}
+    by_method = {m: asdict(barrier(alphas, curve)) for m, curve in found.items()}
+    top = "repair" if "repair" in found else list(found)[-1]
+    return found, {**by_method[top], "method": top, "by_method": by_method}, points
 
 
 def check_flip_symmetry(
@@ -362,6 +415,7 @@ def check_flip_symmetry(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     mirror_closed: bool = True,
     probe: ProbeSpec = "activation",
+    methods: Sequence[str] = METHODS,
     device: torch.device | str = "cpu",
 ) -> CheckReport:
     """Run the whole analysis (see the module docstring) on ``model``.
@@ -371,9 +425,11 @@ def check_flip_symmetry(
     unlabelled: accuracies are then ``None``) batches for the curves, default the same.
     ``alphas`` must contain 0, 0.5 and 1. ``mirror_closed``: collect the statistics on every
     image and its mirror (default; ``False`` uses the images as they are). ``probe``: where
-    each group is measured (:func:`~gcnn.analysis.probes.probe_nodes`).
+    each group is measured (:func:`~gcnn.analysis.probes.probe_nodes`). ``methods``: the merge
+    curves to measure (default all of :data:`METHODS`; the plain one always).
     """
     alphas = validate_alphas(alphas)
+    methods = validate_methods(methods)
     eval_batches = train_batches if eval_batches is None else eval_batches
     clock: dict[str, float] = {}
     start = time.perf_counter()
@@ -402,7 +458,7 @@ def check_flip_symmetry(
     partner = permute_model(twin, graph, perms)
     layers = layer_reports(model, twin, partner, graph, stats, matches, nodes)
     found, barriers, points = measure_merge(
-        model, partner, graph, train_batches, eval_batches, alphas, device
+        model, partner, graph, train_batches, eval_batches, alphas, device, methods
     )
     clock["curves"] = time.perf_counter() - t
     involutions = {name: m.involution for name, m in matches.items()}
@@ -420,8 +476,8 @@ def check_flip_symmetry(
         loss={k: e.loss for k, e in points.items()},
         alphas=list(alphas),
         curves={
-            m: [asdict(e) | {"alpha": a} for a, e in zip(alphas, found[m], strict=True)]
-            for m in METHODS
+            m: [asdict(e) | {"alpha": a} for a, e in zip(alphas, curve, strict=True)]
+            for m, curve in found.items()
         },
         barrier=barriers,
         layers=layers,

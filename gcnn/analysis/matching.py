@@ -44,7 +44,9 @@ class LayerMatch:
     ``live``: ``BoolTensor (C,)``, the channels that are not constant over the data.
     ``matched_correlation`` / ``involution_correlation``: mean correlation of the live channels
     with their match under ``perm`` / ``involution`` (``None`` without live channels).
-    ``decidable``: whether the data determine the matching (``reason`` says why not).
+    ``decidable``: whether there are enough samples to determine the matching (``reason`` says
+    why not). ``tied``: live channels whose correlation row duplicates another's (identical
+    channels): their matches are interchangeable, and the tie is resolved towards an involution.
     """
 
     perm: Tensor
@@ -53,7 +55,7 @@ class LayerMatch:
     matched_correlation: float | None
     involution_correlation: float | None
     samples: int
-    rank: int
+    tied: int
     decidable: bool
     reason: str | None
 
@@ -70,6 +72,17 @@ class LayerMatch:
         return is_involution(self.perm)
 
 
+def tied_channels(corr: Tensor, decimals: int = 9) -> int:
+    """How many rows of ``corr`` repeat an earlier row (rounded to ``decimals``): ``O(n²)``."""
+    seen: set[bytes] = set()
+    tied = 0
+    for row in corr.double().round(decimals=decimals).numpy():
+        key = row.tobytes()
+        tied += key in seen
+        seen.add(key)
+    return tied
+
+
 def _embed(sub: Tensor, idx: Tensor, size: int) -> Tensor:
     """A permutation of ``range(size)`` acting as ``sub`` on ``idx`` and fixing the rest."""
     full = torch.arange(size)
@@ -81,9 +94,8 @@ def match_layer(stats: PairStatistics, *, involutions: bool = True) -> LayerMatc
     """Match one group: the best permutation and (``involutions``) the best involution.
 
     Only live channels (:meth:`PairStatistics.dead`) take part; dead ones stay fixed. The
-    group is undecidable when there are fewer samples than live channels or the live
-    correlation matrix is rank-deficient (duplicated channels): other matchings then score the
-    same.
+    group is undecidable when there are fewer samples than live channels: the correlation
+    matrix is then rank-deficient and other matchings can score the same.
     """
     corr = stats.correlation()
     live = ~stats.dead()
@@ -99,14 +111,12 @@ def match_layer(stats: PairStatistics, *, involutions: bool = True) -> LayerMatc
         inv_corr = involution_score(sub, inv) / n if n else None
         if n and matched - inv_corr <= INVOLUTION_TOLERANCE:  # type: ignore[operator]
             best, matched = inv, inv_corr
-    rank = int(torch.linalg.matrix_rank(sub)) if n else 0
+    tied = tied_channels(sub)
     reason = None
     if n == 0:
         reason = "every channel is constant over the data"
     elif stats.count < n:
         reason = f"{stats.count} samples for {n} live channels"
-    elif rank < n:
-        reason = f"rank-deficient correlation ({rank} of {n} live channels)"
     size = stats.channels
     return LayerMatch(
         perm=_embed(best, idx, size),
@@ -115,7 +125,7 @@ def match_layer(stats: PairStatistics, *, involutions: bool = True) -> LayerMatc
         matched_correlation=matched,
         involution_correlation=inv_corr,
         samples=stats.count,
-        rank=rank,
+        tied=tied,
         decidable=reason is None,
         reason=reason,
     )

@@ -21,7 +21,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from gcnn.analysis.check import METHODS, CheckReport, LayerReport
+from gcnn.analysis.check import CheckReport, LayerReport
 
 METHOD_LABELS = {
     "interpolate": "plain",
@@ -47,12 +47,17 @@ def _verdict_line(report: CheckReport) -> str:
     v = report.verdict
     if not v:
         return ""
-    decided = f"{v['involutive_layers']}/{v['decidable_layers']} decidable groups involutive"
+    n = v["decidable_layers"]
     undecided = f", {v['undecided_layers']} undecided" if v["undecided_layers"] else ""
+    detail = (
+        f"{v['exact_layers']}/{n} decidable groups aligned exactly; best matching an "
+        f"involution in {v['involutive_layers']}/{n}{undecided}; mean error/chance "
+        f"{_fmt(v['mean_equivariance_error_normalized'])}"
+    )
     if report.kind != "flip":
-        return f"matching: {decided}{undecided}"
+        return f"matching: {detail}"
     answer = {True: "a permuted GCNN", False: "NOT a permuted GCNN", None: "undecided"}
-    return f"verdict: {answer[v['gcnn']]} ({decided}{undecided})"
+    return f"verdict: {answer[v['gcnn']]} ({detail})"
 
 
 def _statistics_line(report: CheckReport) -> str:
@@ -90,8 +95,7 @@ def summary_table(report: CheckReport) -> str:
         "points minus the α = ½ point of each curve (BN-reset and REPAIR endpoints are reset too)"
     )
     by_method = report.barrier["by_method"]
-    for m in METHODS:
-        b = by_method[m]  # type: ignore[index]
+    for m, b in by_method.items():  # type: ignore[union-attr]
         lines.append(
             f"  {METHOD_LABELS[m]:<22} loss {_fmt(b['loss'], 4)}, accuracy {_fmt(b['accuracy'])} "
             "points"
@@ -155,8 +159,7 @@ def markdown(report: CheckReport) -> str:
         "|---|---|---|",
     ]
     by_method = report.barrier["by_method"]
-    for m in METHODS:
-        b = by_method[m]  # type: ignore[index]
+    for m, b in by_method.items():  # type: ignore[union-attr]
         rows.append(f"| {METHOD_LABELS[m]} | {_fmt(b['loss'], 4)} | {_fmt(b['accuracy'])} |")
     rows += [
         "",
@@ -220,8 +223,7 @@ def plot(report: CheckReport, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for m in METHODS:
-        points = report.curves[m]
+    for m, points in report.curves.items():
         alphas = [p["alpha"] for p in points]
         ax_loss.plot(alphas, [p["loss"] for p in points], marker="o", label=METHOD_LABELS[m])
         ax_acc.plot(alphas, [p["accuracy"] for p in points], marker="o", label=METHOD_LABELS[m])

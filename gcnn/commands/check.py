@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from gcnn.analysis.check import DEFAULT_ALPHAS, validate_alphas
+from gcnn.analysis.check import DEFAULT_ALPHAS, METHODS, validate_alphas
 from gcnn.data.datasets import DATASETS
 from gcnn.data.preprocessing import INTERPOLATIONS, PRESETS, Preprocessing
 from gcnn.sources import ModelSource, build_model, parse_model_kwargs
@@ -32,6 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(model.json) sits next to --weights",
     )
     p.add_argument("--weights", help="checkpoint: .safetensors or a torch state dict")
+    add_measurement_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
+    """The data, preprocessing and method flags shared by ``gcnn check`` and ``gcnn compare``."""
     p.add_argument(
         "--data",
         required=True,
@@ -54,6 +61,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments of the builder")
     add_preprocessing_arguments(p)
     p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="merge curves to measure (default all; the plain one always): plain "
+        "interpolation, BN reset, REPAIR folded into BN/conv, REPAIR at every activation",
+    )
+    p.add_argument(
         "--no-mirror",
         dest="mirror_closed",
         action="store_false",
@@ -69,7 +84,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", help="default: cuda when available, else cpu")
     p.add_argument("--out", required=True, help="output folder for the report and plots")
-    p.set_defaults(func=run)
 
 
 def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
@@ -164,16 +178,26 @@ def annotate_report(out: str | Path, extra: dict[str, Any]) -> None:
     path.write_text(json.dumps(report, indent=2))
 
 
-def run(args: argparse.Namespace) -> int:
-    from gcnn.analysis.check import check_flip_symmetry
-    from gcnn.analysis.data import load_analysis_data
-    from gcnn.analysis.report import summary_table, write_report
-    from gcnn.commands import UsageError
+@dataclass
+class Prepared:
+    """What the analysis commands build from their flags before measuring."""
 
-    kwargs = parse_model_kwargs(args.model_kwargs)
+    models: list[nn.Module]
+    sources: list[ModelSource]
+    data: Any  # gcnn.analysis.data.AnalysisData
+    alphas: list[float]
+    device: torch.device | str
+
+
+def prepare(args: argparse.Namespace, weights: list[str | None]) -> Prepared:
+    """Validate the flags, build one model per checkpoint in ``weights`` and load the data;
+    every user error is one line (exit 2) before any slow step."""
+    from gcnn.analysis.data import load_analysis_data
+    from gcnn.commands import UsageError
     from gcnn.devices import resolve_device
     from gcnn.errors import user_input
 
+    kwargs = parse_model_kwargs(args.model_kwargs)
     for flag in ("image_size", "resize", "num_images", "num_eval", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -181,15 +205,19 @@ def run(args: argparse.Namespace) -> int:
     with user_input("--alphas"):
         alphas = validate_alphas(args.alphas)
     device = resolve_device(args.device)
+    models, sources = [], []
     with user_input():
-        model, source = build_model(args.arch, args.weights, kwargs)
-        preprocessing, default_size = resolve_check_preprocessing(args, source, model)
+        for path in weights:
+            model, source = build_model(args.arch, path, kwargs)
+            models.append(model)
+            sources.append(source)
+        preprocessing, default_size = resolve_check_preprocessing(args, sources[0], models[0])
         class_map = None
         if args.class_map:
             from gcnn.data.labels import read_class_map
 
             class_map = read_class_map(args.class_map)
-    arch = source.spec
+    model, arch = models[0], sources[0].spec
     image_size = args.image_size or default_size
     channels = _first_in_channels(model)
     early_size = image_size or (32 if args.data in DATASETS else 224)
@@ -223,6 +251,32 @@ def run(args: argparse.Namespace) -> int:
             f"{arch} cannot run on {c}-channel images at input size {h}×{w}: {first}; "
             "try a larger --image-size"
         ) from err
+    return Prepared(models, sources, data, alphas, device)
+
+
+def source_record(source: ModelSource, weights: str | None) -> dict[str, Any]:
+    """The report's description of one model: source, checkpoint and training sidecar."""
+    record: dict[str, Any] = {"spec": source.spec, "kind": source.kind, "name": source.name}
+    if weights is not None:
+        from gcnn.sources import read_sidecar
+
+        record["weights"] = str(weights)
+        sidecar = read_sidecar(weights) or {}
+        record["run"] = {
+            k: sidecar.get(k)
+            for k in ("arch", "arch_kwargs", "regime", "seed", "test_acc", "dataset", "epochs")
+            if k in sidecar
+        }
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    from gcnn.analysis.check import check_flip_symmetry
+    from gcnn.analysis.report import summary_table, write_report
+
+    ready = prepare(args, [args.weights])
+    model, source, data = ready.models[0], ready.sources[0], ready.data
+    arch, alphas, device = source.spec, ready.alphas, ready.device
     report = check_flip_symmetry(
         model,
         data.train,
@@ -230,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
         arch=arch,
         alphas=alphas,
         mirror_closed=args.mirror_closed,
+        methods=args.methods,
         probe=args.probe,
         device=device,
     )
@@ -238,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     annotate_report(
         args.out,
         {
-            "model_source": {"spec": source.spec, "kind": source.kind, "name": source.name},
+            "model_source": source_record(source, args.weights),
             "preprocessing": data.preprocessing,
             "labels": data.labels,
         },
