@@ -31,12 +31,34 @@ from gcnn.analysis.progress import progress
 from gcnn.analysis.statistics import Batches, as_samples
 
 
+def _applies_activation(bn: nn.Module) -> bool:
+    """A BatchNorm that applies its activation itself (timm's ``BatchNormAct2d``: batch norm,
+    then ``self.drop``, then ``self.act``): its output is *after* the nonlinearity."""
+    return isinstance(getattr(bn, "drop", None), nn.Module) and hasattr(bn, "act")
+
+
 def repair_points(model: nn.Module) -> list[str]:
-    """Names of the modules REPAIR corrects: every BatchNorm, or every conv if there is none."""
-    norms = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """Names of the modules whose outputs REPAIR corrects: every BatchNorm, or every conv if
+    there is none. For a BatchNorm that applies its own activation (timm's ``BatchNormAct2d``)
+    the point is its ``drop`` submodule, whose output is the normalised, pre-activation map."""
+    norms = [
+        f"{n}.drop" if _applies_activation(m) else n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     if norms:
         return norms
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def _fold_target(model: nn.Module, name: str) -> nn.Module:
+    """The module whose weights absorb the correction measured at ``name``."""
+    parent, _, child = name.rpartition(".")
+    if child == "drop" and parent:
+        owner = model.get_submodule(parent)
+        if isinstance(owner, nn.modules.batchnorm._BatchNorm) and _applies_activation(owner):
+            return owner
+    return model.get_submodule(name)
 
 
 @torch.no_grad()
@@ -144,7 +166,7 @@ def repair(
     for name in names:
         (mean_a, std_a), (mean_b, std_b) = stats_a[name], stats_b[name]
         point = merged.get_submodule(name)
-        ref = next(point.parameters())
+        ref = next(_fold_target(merged, name).parameters())
         renorm = _Renormalise(mean_a.numel(), momentum=None).to(ref)
         renorm.weight.copy_(torch.lerp(std_a, std_b, alpha))
         renorm.bias.copy_(torch.lerp(mean_a, mean_b, alpha))
@@ -152,8 +174,8 @@ def repair(
         _set_submodule(merged, name, wrappers[name])
     reset_batchnorm(merged, batches, device)
     for name, wrapper in wrappers.items():
-        _fold(wrapper.point, wrapper.renorm)
         _set_submodule(merged, name, wrapper.point)
+        _fold(_fold_target(merged, name), wrapper.renorm)
     return merged.eval()
 
 

@@ -41,3 +41,35 @@ def test_repair_restores_interpolated_statistics(batch_norm, cifar_images) -> No
     # blocks (2×2 maps × 20 images = 80 samples per channel); measured ≤ 2.6 %.
     assert _relative_gap(after, target) < 0.05
     assert _relative_gap(plain, target) > 0.3  # the negative control: no REPAIR (measured ≥ 0.7)
+
+
+def _bn_act_net(seed: int) -> torch.nn.Module:
+    """A small net whose BatchNorms apply their own ReLU (timm's ``BatchNormAct2d``)."""
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), BatchNormAct2d(8),
+        torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), BatchNormAct2d(8),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10),
+    )  # fmt: skip
+    return randomise_batchnorms(net, seed).double().eval()
+
+
+def test_repair_measures_a_batchnorm_act_before_its_activation(cifar_images) -> None:
+    """timm's ``BatchNormAct2d`` returns ReLU(BN(x)): REPAIR must target the BN output (its
+    ``drop`` submodule), not the rectified one, or the fold into the BN affine is wrong."""
+    a, b = _bn_act_net(0), _bn_act_net(1)
+    data = batches_of(cifar_images, size=20)
+    names = repair_points(a)
+    assert names == ["1.drop", "3.drop"]
+    sa, sb = channel_statistics(a, names, data), channel_statistics(b, names, data)
+    target = {
+        n: (torch.lerp(sa[n][0], sb[n][0], 0.5), torch.lerp(sa[n][1], sb[n][1], 0.5)) for n in names
+    }
+    repaired = repair(a, b, 0.5, data)
+    assert type(repaired.get_submodule("1.drop")) is torch.nn.Identity  # folded, not wrapped
+    assert _relative_gap(channel_statistics(repaired, names, data), target) < 1e-2
+    # the negative control: the rectified outputs do not have the pre-activation targets
+    rectified = channel_statistics(repaired, ["1", "3"], data)
+    assert _relative_gap({n + ".drop": rectified[n] for n in ("1", "3")}, target) > 0.1
