@@ -54,21 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """User-error types defined outside :mod:`gcnn.errors` that do not derive from
-    ``GcnnError`` yet (the analysis graph's)."""
-    from gcnn.analysis.graph import UnsupportedGraphError
-
-    return (
-        (GcnnError,)
-        if issubclass(UnsupportedGraphError, GcnnError)
-        else (
-            GcnnError,
-            UnsupportedGraphError,
-        )
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -77,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as err:
+    except GcnnError as err:
         if not isinstance(err, RankEcho):  # rank 0 reports it
             label = getattr(err, "label", "error")
             print(f"gcnn {args.command}: {label}: {one_line(err)}", file=sys.stderr)

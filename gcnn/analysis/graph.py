@@ -42,6 +42,8 @@ from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torchvision.ops import StochasticDepth, stochastic_depth
 
+from gcnn.errors import GcnnError
+
 __all__ = [
     "ActivationProbe",
     "ModelGraph",
@@ -57,7 +59,7 @@ __all__ = [
 F = nn.functional
 
 
-class UnsupportedGraphError(ValueError):
+class UnsupportedGraphError(GcnnError, ValueError):
     """The model contains an op whose effect on channel permutations is unknown."""
 
 
