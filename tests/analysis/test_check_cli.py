@@ -53,7 +53,7 @@ def test_trained_checkpoint_on_real_fashion_mnist(tmp_path, capsys) -> None:
     """A committed trained VGG11 (with its model.json sidecar) on real Fashion-MNIST images."""
     report = _check(
         tmp_path, "--weights", str(TRAINED), "--data", "fashion-mnist",
-        "--num-images", "200", "--num-eval", "200",
+        "--num-images", "100", "--num-eval", "200",
     )  # fmt: skip
     assert report["arch"] == "vgg11" and report["image_size"] == [32, 32]
     assert report["exact_size"] is True
@@ -64,7 +64,7 @@ def test_trained_checkpoint_on_real_fashion_mnist(tmp_path, capsys) -> None:
     assert acc["model"] > 70 and acc["twin"] > 70  # a trained net, flip-augmented
     assert set(report["barrier"]) >= {"loss", "accuracy"}
     assert len(report["layers"]) == 8 and all(LAYER_KEYS <= set(la) for la in report["layers"])
-    assert report["statistics"]["mirror_closed"] is True and report["statistics"]["images"] == 200
+    assert report["statistics"]["mirror_closed"] is True and report["statistics"]["images"] == 100
     for layer in report["layers"]:  # a trained CNN: aligned far better than chance
         assert 0 < layer["equivariance_error_normalized"] < 0.9
         assert layer["matched_correlation"] >= layer["involution_correlation"] - 1e-12
@@ -82,7 +82,7 @@ def test_torchvision_arch_on_a_folder_of_real_images(tmp_path) -> None:
     report = _check(
         tmp_path, "--arch", "resnet18", "--weights", str(path),
         "--data", str(SAMPLES_DIR / "cifar10"), "--image-size", "33", "--num-images", "10",
-        "--num-eval", "10",
+        "--num-eval", "10", "--methods", "interpolate", "bn_reset",
     )  # fmt: skip
     assert report["accuracy"]["model"] is None and report["barrier"]["loss"] is None
     assert report["image_size"] == [33, 33] and report["exact_size"] is True  # 32k + 1
@@ -139,7 +139,7 @@ def test_flip_checkpoint_is_exported_before_the_check(tmp_path) -> None:
     path = gcnn.save_weights(model, tmp_path / "flip.safetensors")
     report = _check(
         tmp_path, "--arch", "vgg11_flip", "--weights", str(path), "--model-kwargs",
-        '{"width": 0.25}', "--data", "cifar10-samples",
+        '{"width": 0.25}', "--data", "cifar10-samples", "--methods", "interpolate",
     )  # fmt: skip
     assert all(layer["involution"] and not layer["fixed_points"] for layer in report["layers"])
     assert max(layer["equivariance_error_after"] for layer in report["layers"]) < 1e-6

@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 import gcnn
-from gcnn.analysis.check import check_flip_symmetry
+from gcnn.analysis.check import METHODS, check_flip_symmetry
 from gcnn.analysis.graph import ActivationProbe, analyse_graph, permute_model, random_permutations
 from gcnn.analysis.matching import match_activations, match_weights
 from gcnn.analysis.merge import reset_batchnorm
@@ -67,7 +67,9 @@ def test_permuted_gcnn_is_found_to_be_a_gcnn(arch, cifar_images) -> None:
     with torch.no_grad():
         labels = model(x).argmax(1)  # labels the model gets right: accuracies are meaningful
     data = batches_of(x, labels, size=10)
-    report = check_flip_symmetry(model, data, arch=arch, alphas=ALPHAS)
+    # ResNet50: REPAIR at activations is covered by the VGG case (it is slow on 25 M weights)
+    methods = ("interpolate", "bn_reset", "repair") if arch == "resnet50" else METHODS
+    report = check_flip_symmetry(model, data, arch=arch, alphas=ALPHAS, methods=methods)
     assert report.exact_size
     assert report.layers and all(layer.involution for layer in report.layers)
     assert all(layer.fixed_points == 0 for layer in report.layers)
