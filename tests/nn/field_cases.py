@@ -68,7 +68,7 @@ def mixed_convs(draw: st.DrawFn, stride_one: bool = False) -> MixedConv:
     # padding up to half the kernel: every window covers a real pixel (a window entirely in
     # the padding makes the output trivially symmetric)
     padding = (draw(st.integers(0, k_eff_h // 2)), draw(st.integers(0, k_eff // 2)))
-    low = max(k_eff - 2 * padding[1], 1)
+    low = k_eff  # at least the dilated kernel's width: every window reads a real pixel
     width = next(w for w in range(low, low + stride) if (w + 2 * padding[1] - k_eff) % stride == 0)
     width += stride * draw(st.integers(0, 3))
     height = dilation * (kernel[0] - 1) + 1 + draw(st.integers(0, 2))
