@@ -82,7 +82,9 @@ def free_dimension(kernel_size: int, in_field: FieldName, out_field: FieldName) 
     """
     size = {"regular": 2, "trivial": 1}
     if in_field == out_field == "trivial":
-        raise ValueError("trivial→trivial kernels are not used by gcnn")
+        raise ValueError(
+            "the escnn backend has no trivial→trivial kernels (the hand-written FlipConv2d has)"
+        )
     return size[out_field] * size[in_field] * kernel_size**2 // 2
 
 
