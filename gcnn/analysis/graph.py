@@ -262,16 +262,18 @@ def _holds_tensor(value: Any) -> bool:
 
 
 def _require_plain(model: nn.Module) -> None:
-    """Refuse models with gcnn flip layers: their state dict holds free weights."""
-    from gcnn.nn import FlipBatchNorm2d, FlipConv2d, InvariantLinear, PairPool
+    """Refuse models with gcnn flip layers (hand-written or escnn): their state dict holds free
+    weights."""
+    from gcnn.nn.module import FlipModule
 
-    for name, m in model.named_modules():
-        if isinstance(m, FlipConv2d | FlipBatchNorm2d | InvariantLinear | PairPool):
-            raise UnsupportedGraphError(
-                f"module {name or '<root>'} is a gcnn flip layer ({type(m).__name__}); its state "
-                "dict stores free weights, not the full tensors that permutations act on. "
-                "Analyse the plain model instead: model.export()"
-            )
+    flips = [(n, m) for n, m in model.named_modules() if isinstance(m, FlipModule)]
+    if flips:
+        name, m = next(((n, m) for n, m in flips if n), flips[0])  # a layer, else the model
+        raise UnsupportedGraphError(
+            f"module {name or '<root>'} is a gcnn flip layer ({type(m).__name__}); its state "
+            "dict stores free weights, not the full tensors that permutations act on. "
+            "Analyse the plain model instead: model.export()"
+        )
 
 
 def _trace(model: nn.Module, example_input: Tensor) -> fx.GraphModule:
