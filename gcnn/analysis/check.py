@@ -406,6 +406,85 @@ def measure_merge(
     return found, {**by_method[top], "method": top, "by_method": by_method}, points
 
 
+def align_and_merge(
+    model: nn.Module,
+    other: nn.Module,
+    graph: ModelGraph,
+    stats: Mapping[str, PairStatistics],
+    matches: Mapping[str, LayerMatch],
+    nodes: Mapping[str, list[str]],
+    batches: tuple[Batches, Batches],
+    alphas: Sequence[float],
+    device: torch.device | str,
+    methods: Sequence[str],
+) -> tuple[list[LayerReport], dict[str, list[Evaluation]], dict[str, object], dict]:
+    """Permute ``other`` by the matches, then the per-layer reports and the merge curves:
+    ``(layers, curves, barriers, points)``. ``batches``: (statistics, evaluation)."""
+    partner = permute_model(other, graph, {name: m.perm for name, m in matches.items()})
+    layers = layer_reports(model, other, partner, graph, stats, matches, nodes)
+    found, barriers, points = measure_merge(
+        model, partner, graph, batches[0], batches[1], alphas, device, methods
+    )
+    return layers, found, barriers, points
+
+
+def assemble_report(
+    model: nn.Module,
+    measured: tuple[list[LayerReport], dict[str, list[Evaluation]], dict[str, object], dict],
+    matches: Mapping[str, LayerMatch],
+    batches: tuple[Batches, Batches],
+    *,
+    arch: str,
+    alphas: Sequence[float],
+    statistics: dict[str, object],
+    kind: str,
+    nearest: dict[str, object],
+    clock: dict[str, float],
+) -> CheckReport:
+    """The :class:`CheckReport` of a flip check (``kind="flip"``) or a two-net comparison."""
+    layers, found, barriers, points = measured
+    size = statistics["size"]
+    exactness = flip_exactness(model, tuple(size))  # type: ignore[arg-type]
+    images = sum(x.shape[0] for x, _ in batches[0])
+    return CheckReport(
+        arch=arch,
+        image_size=(int(size[0]), int(size[1])),  # type: ignore[index]
+        exact_size=exactness.exact,
+        breaking_ops=[op.describe() for op in exactness.breaking_ops],
+        statistics_images=images,
+        eval_images=sum(x.shape[0] for x, _ in batches[1]),
+        accuracy={k: e.accuracy for k, e in points.items()},
+        loss={k: e.loss for k, e in points.items()},
+        alphas=list(alphas),
+        curves={
+            m: [asdict(e) | {"alpha": a} for a, e in zip(alphas, curve, strict=True)]
+            for m, curve in found.items()
+        },
+        barrier=barriers,
+        layers=layers,
+        filters=[asdict(f) for f in filter_symmetry(model)],
+        nearest_gcnn=nearest,
+        statistics={"images": images, **statistics, "exact_size": exactness.exact},
+        verdict=verdict(layers, require_involution=kind == "flip"),
+        kind=kind,
+        seconds=clock,
+        permutations={name: m.perm.tolist() for name, m in matches.items()},
+    )
+
+
+def statistics_block(
+    mirror_closed: bool, probe: ProbeSpec, size: tuple[int, ...], partner: str
+) -> dict[str, object]:
+    """The ``statistics`` entry of a report (images and exactness are added by the report)."""
+    return {
+        "mirror_closed": mirror_closed,
+        "samples": "images and their mirror images" if mirror_closed else "images",
+        "probe": probe if isinstance(probe, str) else "custom",
+        "size": [int(size[0]), int(size[1])],
+        "partner": partner,
+    }
+
+
 def check_flip_symmetry(
     model: nn.Module,
     train_batches: Batches,
@@ -451,48 +530,28 @@ def check_flip_symmetry(
         device=device,
     )
     matches = match_layers(stats, involutions=True)
-    perms = {name: m.perm for name, m in matches.items()}
     clock["statistics_and_matching"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    partner = permute_model(twin, graph, perms)
-    layers = layer_reports(model, twin, partner, graph, stats, matches, nodes)
-    found, barriers, points = measure_merge(
-        model, partner, graph, train_batches, eval_batches, alphas, device, methods
+    batches = (train_batches, eval_batches)
+    measured = align_and_merge(
+        model, twin, graph, stats, matches, nodes, batches, alphas, device, methods
     )
     clock["curves"] = time.perf_counter() - t
     involutions = {name: m.involution for name, m in matches.items()}
     nearest = _nearest_gcnn_report(model, twin, graph, involutions, first, exactness.exact)  # type: ignore[arg-type]
     clock["total"] = time.perf_counter() - start
-    images = sum(x.shape[0] for x, _ in train_batches)
-    return CheckReport(
+    return assemble_report(
+        model,
+        measured,
+        matches,
+        batches,
         arch=arch,
-        image_size=(int(size[0]), int(size[1])),
-        exact_size=exactness.exact,
-        breaking_ops=[op.describe() for op in exactness.breaking_ops],
-        statistics_images=images,
-        eval_images=sum(x.shape[0] for x, _ in eval_batches),
-        accuracy={k: e.accuracy for k, e in points.items()},
-        loss={k: e.loss for k, e in points.items()},
-        alphas=list(alphas),
-        curves={
-            m: [asdict(e) | {"alpha": a} for a, e in zip(alphas, curve, strict=True)]
-            for m, curve in found.items()
-        },
-        barrier=barriers,
-        layers=layers,
-        filters=[asdict(f) for f in filter_symmetry(model)],
-        nearest_gcnn=nearest,
-        statistics={
-            "images": images,
-            "mirror_closed": mirror_closed,
-            "samples": "images and their mirror images" if mirror_closed else "images",
-            "probe": probe if isinstance(probe, str) else "custom",
-            "size": [int(size[0]), int(size[1])],
-            "exact_size": exactness.exact,
-            "partner": "flipped twin (conv filters mirrored), on the same inputs",
-        },
-        verdict=verdict(layers),
-        seconds=clock,
-        permutations={name: p.tolist() for name, p in perms.items()},
+        alphas=alphas,
+        statistics=statistics_block(
+            mirror_closed, probe, size, "flipped twin (conv filters mirrored), on the same inputs"
+        ),
+        kind="flip",
+        nearest=nearest,
+        clock=clock,
     )

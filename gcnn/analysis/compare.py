@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -21,18 +21,16 @@ from gcnn.analysis.check import (
     DEFAULT_ALPHAS,
     METHODS,
     CheckReport,
-    layer_reports,
-    measure_merge,
+    align_and_merge,
+    assemble_report,
+    statistics_block,
     validate_alphas,
     validate_methods,
-    verdict,
 )
-from gcnn.analysis.graph import analyse_graph, permute_model
+from gcnn.analysis.graph import analyse_graph
 from gcnn.analysis.matching import match_layers, match_weights
 from gcnn.analysis.probes import MultiProbe, ProbeSpec, probe_nodes
 from gcnn.analysis.statistics import Batches, collect_pair_statistics, probe_function
-from gcnn.analysis.structure import filter_symmetry
-from gcnn.exactness import flip_exactness
 
 MATCHINGS = ("activation", "weight")
 
@@ -99,49 +97,27 @@ def compare_models(
             corr, perm = stats[name].correlation(), by_weights[name]
             matched = float(corr[live, perm[live]].mean()) if len(live) else None
             matches[name] = replace(m, perm=perm, matched_correlation=matched)
-    perms = {name: m.perm for name, m in matches.items()}
     clock["statistics_and_matching"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    partner = permute_model(model_b, graph, perms)
-    layers = layer_reports(model_a, model_b, partner, graph, stats, matches, nodes)
-    found, barriers, points = measure_merge(
-        model_a, partner, graph, train_batches, eval_batches, alphas, device, methods
+    batches = (train_batches, eval_batches)
+    measured = align_and_merge(
+        model_a, model_b, graph, stats, matches, nodes, batches, alphas, device, methods
     )
     clock["curves"] = time.perf_counter() - t
     clock["total"] = time.perf_counter() - start
-    exactness = flip_exactness(model_a, size)
-    images = sum(x.shape[0] for x, _ in train_batches)
-    return CheckReport(
+    block = statistics_block(
+        mirror_closed, probe, size, "a second net of the same architecture, on the same inputs"
+    )
+    return assemble_report(
+        model_a,
+        measured,
+        matches,
+        batches,
         arch=arch,
-        image_size=(int(size[0]), int(size[1])),
-        exact_size=exactness.exact,
-        breaking_ops=[op.describe() for op in exactness.breaking_ops],
-        statistics_images=images,
-        eval_images=sum(x.shape[0] for x, _ in eval_batches),
-        accuracy={k: e.accuracy for k, e in points.items()},
-        loss={k: e.loss for k, e in points.items()},
-        alphas=list(alphas),
-        curves={
-            m: [asdict(e) | {"alpha": a} for a, e in zip(alphas, curve, strict=True)]
-            for m, curve in found.items()
-        },
-        barrier=barriers,
-        layers=layers,
-        filters=[asdict(f) for f in filter_symmetry(model_a)],
-        nearest_gcnn={},
-        statistics={
-            "images": images,
-            "mirror_closed": mirror_closed,
-            "samples": "images and their mirror images" if mirror_closed else "images",
-            "probe": probe if isinstance(probe, str) else "custom",
-            "size": [int(size[0]), int(size[1])],
-            "exact_size": exactness.exact,
-            "partner": "a second net of the same architecture, on the same inputs",
-            "matching": matching,
-        },
-        verdict=verdict(layers, require_involution=False),
+        alphas=alphas,
+        statistics={**block, "matching": matching},
         kind="compare",
-        seconds=clock,
-        permutations={name: p.tolist() for name, p in perms.items()},
+        nearest={},
+        clock=clock,
     )
