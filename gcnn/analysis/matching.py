@@ -17,7 +17,12 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from gcnn.analysis.graph import ModelGraph, Slot, permute_slot
-from gcnn.analysis.involution import best_involution, involution_score, is_involution
+from gcnn.analysis.involution import (
+    best_involution,
+    greedy_involution,
+    involution_score,
+    is_involution,
+)
 from gcnn.analysis.statistics import PairStatistics
 
 #: Mean correlation per channel by which the best involution may trail the best permutation
@@ -95,28 +100,32 @@ def match_layer(stats: PairStatistics, *, involutions: bool = True) -> LayerMatc
 
     Only live channels (:meth:`PairStatistics.dead`) take part; dead ones stay fixed. The
     group is undecidable when there are fewer samples than live channels: the correlation
-    matrix is then rank-deficient and other matchings can score the same.
+    matrix is then rank-deficient and other matchings can score the same; its involution is then
+    the greedy one (:func:`~gcnn.analysis.involution.greedy_involution`), not the exact optimum.
     """
     corr = stats.correlation()
     live = ~stats.dead()
     idx = live.nonzero().flatten()
     n = len(idx)
     sub = corr[idx][:, idx]
-    best = assignment(sub) if n else torch.arange(0)
-    inv = None
-    matched = involution_score(sub, best) / n if n else None
-    inv_corr = None
-    if involutions:
-        inv = best if is_involution(best) else best_involution(sub)
-        inv_corr = involution_score(sub, inv) / n if n else None
-        if n and matched - inv_corr <= INVOLUTION_TOLERANCE:  # type: ignore[operator]
-            best, matched = inv, inv_corr
-    tied = tied_channels(sub)
     reason = None
     if n == 0:
         reason = "every channel is constant over the data"
     elif stats.count < n:
         reason = f"{stats.count} samples for {n} live channels"
+    best = assignment(sub) if n else torch.arange(0)
+    inv = None
+    matched = involution_score(sub, best) / n if n else None
+    inv_corr = None
+    if involutions:
+        if is_involution(best):
+            inv = best
+        else:  # an exact optimum of what the data cannot determine is not worth O(n³)
+            inv = greedy_involution(sub) if reason else best_involution(sub)
+        inv_corr = involution_score(sub, inv) / n if n else None
+        if n and matched - inv_corr <= INVOLUTION_TOLERANCE:  # type: ignore[operator]
+            best, matched = inv, inv_corr
+    tied = tied_channels(sub)
     size = stats.channels
     return LayerMatch(
         perm=_embed(best, idx, size),

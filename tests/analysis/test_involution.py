@@ -8,7 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gcnn.analysis.involution import best_involution, involution_score, is_involution
+from gcnn.analysis.involution import (
+    best_involution,
+    greedy_involution,
+    involution_score,
+    is_involution,
+)
 from gcnn.analysis.matching import assignment
 
 
@@ -59,3 +64,15 @@ def test_the_best_permutation_can_beat_every_involution() -> None:
     cycle = assignment(score)
     assert not is_involution(cycle) and involution_score(score, cycle) == 3.0
     assert involution_score(score, best_involution(score)) == 1.0  # one pair {c, d}: 1 + 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 7), st.integers(0, 2**31 - 1))
+def test_greedy_involution_is_an_involution_with_half_the_optimal_gain(n: int, seed: int) -> None:
+    score = _score_matrix(n, seed, symmetric=True)
+    greedy, best = greedy_involution(score), best_involution(score)
+    assert is_involution(greedy)
+    base = float(score.diagonal().sum())  # the identity: every channel fixed
+    gain_greedy = involution_score(score, greedy) - base
+    gain_best = involution_score(score, best) - base
+    assert gain_best >= gain_greedy - 1e-9 and gain_greedy >= 0.5 * gain_best - 1e-9
