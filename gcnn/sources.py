@@ -235,13 +235,16 @@ def build_model(
     """Build the model of ``spec``, load ``weights``, return ``(model in eval mode, source)``.
 
     ``spec`` may be ``None`` when a ``gcnn train`` sidecar (``model.json``) sits next to
-    ``weights``: its architecture and keyword arguments are used. Without a sidecar the class
+    ``weights`` (or ``weights`` is a run folder holding both): its architecture and keyword
+    arguments are used. Without a sidecar the class
     count and input channels are read off the checkpoint. gcnn flip models are ``export()``-ed
     to plain torch when ``export`` (the analysis runs on plain weights).
     """
     from gcnn.checkpoint import load_weights, read_state_dict
 
     kwargs = dict(kwargs or {})
+    if weights is not None and Path(weights).is_dir():  # a gcnn train run folder
+        weights = Path(weights) / "model.safetensors"
     sidecar = read_sidecar(weights)
     spec = spec or sidecar.get("arch")
     if spec is None:

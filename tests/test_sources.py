@@ -154,3 +154,17 @@ def test_labels_numeric_synsets_class_map_and_sorted(tmp_path: Path) -> None:
     path.write_text("[1]")
     with pytest.raises(ValueError, match="folder name → class index"):
         read_class_map(path)
+
+
+def test_a_run_folder_is_read_like_its_checkpoint() -> None:
+
+    from gcnn.sources import build_model
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "vgg11-w025-fmnist-cnn"
+    by_folder, source = build_model(None, folder)
+    by_file, _ = build_model(None, folder / "model.safetensors")
+    assert source.spec == "vgg11"
+    a, b = by_folder.state_dict(), by_file.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ModelSourceError, match="no model.json"):
+        build_model(None, folder.parent)  # a folder without a run in it
