@@ -53,7 +53,7 @@ class Preset:
 
 PRESETS = {
     # 2-core CPU: ≈ 2 000 img/s at width 0.25, ≈ 700 img/s at 0.5 (fp32, 2 threads)
-    "cpu": Preset((0.25, 0.5, 0.125), 4, 8, 30_000, 128, 0.05, 1000, 10_000),
+    "cpu": Preset((0.25, 0.5, 0.125), 4, 8, 30_000, 128, 0.05, 1000, 5_000),
     # one H100/H200, data on the GPU, bf16 (≈ 90 000 img/s for VGG11: a 10-epoch net ≈ 7 s):
     # the paper's 24 nets per regime and width, full Fashion-MNIST, run with --jobs 8
     "gpu": Preset((0.25, 0.5, 1.0), 24, 10, None, 500, 0.08, 5000, 10_000),
