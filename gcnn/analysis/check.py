@@ -54,7 +54,7 @@ from gcnn.analysis.statistics import (
     probe_function,
 )
 from gcnn.analysis.structure import PermutationStructure, filter_symmetry
-from gcnn.exactness import flip_exactness
+from gcnn.exactness import ExactnessReport, flip_exactness
 from gcnn.testing import TOLERANCES, flip_equivariance_error
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -440,11 +440,16 @@ def assemble_report(
     kind: str,
     nearest: dict[str, object],
     clock: dict[str, float],
+    exactness: ExactnessReport | None = None,
 ) -> CheckReport:
-    """The :class:`CheckReport` of a flip check (``kind="flip"``) or a two-net comparison."""
+    """The :class:`CheckReport` of a flip check (``kind="flip"``) or a two-net comparison.
+
+    ``exactness``: :func:`~gcnn.flip_exactness` of ``model`` at the size, when already known.
+    """
     layers, found, barriers, points = measured
     size = statistics["size"]
-    exactness = flip_exactness(model, tuple(size))  # type: ignore[arg-type]
+    if exactness is None:
+        exactness = flip_exactness(model, tuple(size))  # type: ignore[arg-type]
     images = sum(x.shape[0] for x, _ in batches[0])
     return CheckReport(
         arch=arch,
@@ -554,4 +559,5 @@ def check_flip_symmetry(
         kind="flip",
         nearest=nearest,
         clock=clock,
+        exactness=exactness,
     )
