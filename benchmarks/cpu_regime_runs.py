@@ -35,8 +35,10 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     rows = []
     for name in args.models:
-        recipe = json.loads((ROOT / "models" / name / "recipe.json").read_text())
-        cmd = [sys.executable, "-m", "gcnn.cli", *recipe["argv"], "--out", args.out,
+        recipe_path = ROOT / "models" / name / "recipe.json"
+        recipe = json.loads(recipe_path.read_text())
+        train_args = ["train", "--config", str(recipe_path.relative_to(ROOT))]
+        cmd = [sys.executable, "-m", "gcnn.cli", *train_args, "--out", args.out,
                "--no-progress", "--overwrite"]  # fmt: skip
         start = time.perf_counter()
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
@@ -45,7 +47,7 @@ def main() -> None:
         sidecar = json.loads(sidecar_path.read_text())
         row = {
             "model": name,
-            "command": "OMP_NUM_THREADS=1 gcnn " + " ".join(recipe["argv"]),
+            "command": "OMP_NUM_THREADS=1 gcnn " + " ".join(train_args),
             "regime": sidecar["regime"],
             "test_acc": sidecar["test_acc"],
             "test_acc_tta": sidecar["test_acc_tta"],
