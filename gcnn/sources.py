@@ -243,8 +243,8 @@ def build_model(
     from gcnn.checkpoint import load_weights, read_state_dict
 
     kwargs = dict(kwargs or {})
-    if weights is not None and Path(weights).is_dir():  # a gcnn train run folder
-        weights = Path(weights) / "model.safetensors"
+    if weights is not None and (Path(weights) / "model.safetensors").is_file():
+        weights = Path(weights) / "model.safetensors"  # a gcnn train run folder
     sidecar = read_sidecar(weights)
     spec = spec or sidecar.get("arch")
     if spec is None:
