@@ -173,6 +173,52 @@ def barrier_rows(reports: Sequence[Report]) -> list[dict]:
     return rows
 
 
+def _weights(source: dict | None) -> str | None:
+    return (source or {}).get("weights")
+
+
+def paired_rows(reports: Sequence[Report]) -> list[dict]:
+    """Per regime, width and method: two-net barrier minus the flip barriers of the same nets.
+
+    For a ``compare`` report of nets A and B with flip checks of both,
+    ``Δ = barrier(A, B) − ½ (barrier(A, flip A) + barrier(B, flip B))``: positive when merging
+    two nets is harder than merging each with its flipped self. Pairing removes the spread
+    between nets that both barriers share; disjoint pairs make the Δs independent, so the
+    interval is over pairs. ``compare_larger`` counts pairs with ``Δ > 0``.
+    """
+    flips = {_weights(r.data.get("model_source")): r for r in reports if r.kind == "flip"}
+    groups: dict[tuple[str, float, str], list[float]] = defaultdict(list)
+    for r in reports:
+        if r.kind != "compare":
+            continue
+        a = flips.get(_weights(r.data.get("model_source")))
+        b = flips.get(_weights(r.data.get("partner_source")))
+        if a is None or b is None:
+            continue
+        by_method = r.data["barrier"]["by_method"]
+        for m, barrier in [(m, by_method[m]) for m in METHOD_ORDER if m in by_method]:
+            pair = [f.data["barrier"]["by_method"].get(m, {}).get("accuracy") for f in (a, b)]
+            if barrier.get("accuracy") is None or None in pair:
+                continue
+            groups[(r.regime, r.width, m)].append(barrier["accuracy"] - sum(pair) / 2)
+    rows = []
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for (regime, width, m), deltas in sorted(
+        groups.items(), key=lambda kv: (*kv[0][:2], order[kv[0][2]])
+    ):
+        rows.append(
+            {
+                "regime": regime,
+                "width": width,
+                "method": m,
+                "pairs": len(deltas),
+                "two_net_minus_flip": Estimate.of(deltas),
+                "compare_larger": sum(d > 0 for d in deltas),
+            }
+        )
+    return rows
+
+
 LAYER_FIELDS = (
     "equivariance_error_normalized",
     "involution_gap",
@@ -348,6 +394,12 @@ def summarize(paths: Iterable[str | Path], out: str | Path) -> list[Path]:
     acc, barriers, layers = accuracy_rows(runs), barrier_rows(reports), layer_rows(reports)
     written = _write_table(acc, out / "accuracy", "Test accuracy per regime and width")
     written += _write_table(barriers, out / "barriers", "Barriers: flipped self vs two nets")
+    written += _write_table(
+        paired_rows(reports),
+        out / "paired",
+        "Paired: two-net barrier minus the mean flip barrier of the same two nets (accuracy "
+        "points; > 0: the flip merge is easier)",
+    )
     written += _write_table(layers, out / "layers", "Per-layer structure (flip check)")
     parts = [p.read_text() for p in written if p.suffix == ".md"]
     intro = (

@@ -91,8 +91,8 @@ def test_tiny_study_trains_checks_compares_and_summarizes_and_resumes(tmp_path) 
     assert len(compares) == 3 and all(json.loads(p.read_text())["kind"] == "compare"
                                       for p in compares)  # fmt: skip
     summary = out / "summary"
-    for name in ("summary.md", "accuracy.csv", "barriers.csv", "layers.csv", "accuracy.png",
-                 "barriers.png", "layers.png", "structure.png"):  # fmt: skip
+    for name in ("summary.md", "accuracy.csv", "barriers.csv", "paired.csv", "layers.csv",
+                 "accuracy.png", "barriers.png", "layers.png", "structure.png"):  # fmt: skip
         assert (summary / name).stat().st_size > 0, name
     with open(summary / "accuracy.csv") as fh:
         rows = list(csv.DictReader(fh))
