@@ -22,6 +22,7 @@ Layout of ``--out`` (default ``analysis/study``)::
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -33,6 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = ("cnn", "cnn+inv", "gcnn")
 PHASES = ("train", "check", "compare", "summarize")
+#: Opt-in phases (not run by default): ``plateau`` trains seed 0 of every regime with twice the
+#: epochs and tabulates how much accuracy the preset's schedule leaves on the table.
+EXTRA_PHASES = ("plateau",)
 
 
 @dataclass
@@ -124,6 +128,20 @@ class Study:
             for future in [pool.submit(self.call, argv, what) for argv, what in tasks]:
                 future.result()
 
+    def train_argv(self, width: float, regime: str, seed: int, epochs: int, out: Path) -> list[str]:
+        p = self.preset
+        argv = [
+            "train", "--arch", arch_of(regime), "--regime", regime,
+            "--width", f"{width:g}", "--data", "fashion-mnist",
+            "--epochs", str(epochs), "--batch-size", str(p.batch_size),
+            "--lr", str(p.lr), "--seeds", str(seed), "--eval-every", "2",
+            "--out", str(out / f"w{width:g}"), "--resume",
+            "--no-progress", *p.extra_train_args,
+        ]  # fmt: skip
+        if p.train_subset is not None:
+            argv += ["--train-subset", str(p.train_subset)]
+        return argv + self.data_root
+
     def train(self) -> None:
         """Seed by seed, every regime: a stop at any point leaves a balanced set of nets."""
         p = self.preset
@@ -132,17 +150,7 @@ class Study:
                 for regime in REGIMES:
                     if (run_folder(self.out, width, regime, seed) / "model.safetensors").is_file():
                         continue
-                    argv = [
-                        "train", "--arch", arch_of(regime), "--regime", regime,
-                        "--width", f"{width:g}", "--data", "fashion-mnist",
-                        "--epochs", str(p.epochs), "--batch-size", str(p.batch_size),
-                        "--lr", str(p.lr), "--seeds", str(seed), "--eval-every", "2",
-                        "--out", str(self.out / "runs" / f"w{width:g}"), "--resume",
-                        "--no-progress", *p.extra_train_args,
-                    ]  # fmt: skip
-                    if p.train_subset is not None:
-                        argv += ["--train-subset", str(p.train_subset)]
-                    argv += self.data_root
+                    argv = self.train_argv(width, regime, seed, p.epochs, self.out / "runs")
                     self.queue(argv, f"train w{width:g} {regime} seed {seed}")
         self.run_queue()
 
@@ -178,15 +186,48 @@ class Study:
                     self.queue(argv + self.measure_args(), f"compare w{width:g} {regime} {a}-{b}")
         self.run_queue()
 
+    def plateau(self) -> None:
+        """Seed 0 of every regime with twice the epochs (same schedule shape, same data):
+        ``plateau/plateau.md`` lists the test accuracy at the preset's epochs and at twice them."""
+        p, root = self.preset, self.out / "plateau"
+        for width in self.widths:
+            for regime in REGIMES:
+                run = run_folder(self.out, width, regime, 0)
+                long_run = root / run.relative_to(self.out / "runs")
+                if not (long_run / "model.safetensors").is_file():
+                    argv = self.train_argv(width, regime, 0, 2 * p.epochs, root)
+                    self.queue(argv, f"plateau w{width:g} {regime} seed 0 ({2 * p.epochs} ep)")
+        self.run_queue()
+        rows = [
+            "| width | regime | test acc % at "
+            f"{p.epochs} epochs | at {2 * p.epochs} epochs | gain (points) |",
+            "|---|---|---|---|---|",
+        ]
+        for width in self.widths:
+            for regime in REGIMES:
+                run = run_folder(self.out, width, regime, 0)
+                accs = [_test_acc(d) for d in (run, root / run.relative_to(self.out / "runs"))]
+                if None not in accs:
+                    rows.append(
+                        f"| {width:g} | {regime} | {accs[0]:.2f} | {accs[1]:.2f} | "
+                        f"{accs[1] - accs[0]:+.2f} |"
+                    )
+        (root / "plateau.md").write_text("\n".join(rows) + "\n")
+
     def summarize(self) -> None:
         inputs = [str(self.out / d) for d in ("runs", "checks", "compares")]
         self.call(["summarize", *inputs, "--out", str(self.out / "summary")], "summarize")
 
 
+def _test_acc(run: Path) -> float | None:
+    sidecar = run / "model.json"
+    return json.loads(sidecar.read_text()).get("test_acc") if sidecar.is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    p.add_argument("--phases", nargs="+", choices=PHASES + EXTRA_PHASES, default=list(PHASES))
     p.add_argument("--widths", type=float, nargs="+", help="override the preset's widths")
     p.add_argument("--seeds", type=int, help="nets per regime and width (override)")
     p.add_argument("--out", default=str(ROOT / "analysis" / "study"))
@@ -202,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out = str(Path(args.out).resolve())
     study = Study(args)
-    for phase in PHASES:
+    for phase in PHASES[:-1] + EXTRA_PHASES + PHASES[-1:]:
         if phase in args.phases:
             getattr(study, phase)()
     return 0

@@ -106,6 +106,12 @@ def test_tiny_study_trains_checks_compares_and_summarizes_and_resumes(tmp_path) 
     assert {"accuracy_barrier", "accuracy_barrier_ci95", "loss_barrier"} <= set(rows[0])
     gcnn_flip = [r for r in rows if r["regime"] == "gcnn" and r["kind"] == "flip"]
     assert all(abs(float(r["accuracy_barrier"])) < 1e-6 for r in gcnn_flip)  # a GCNN: 0
+    # the opt-in plateau phase: seed 0 of every regime at twice the epochs, tabulated
+    assert study.main([*argv, "--phases", "plateau"]) == 0
+    long_runs = sorted(out.glob("plateau/w0.125/*/seed0/model.json"))
+    assert len(long_runs) == 3 and all(json.loads(p.read_text())["epochs"] == 2 for p in long_runs)
+    table = (out / "plateau" / "plateau.md").read_text().splitlines()
+    assert len(table) == 2 + 3 and "at 2 epochs" in table[0]
     # resumable: a rerun trains and measures nothing again
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if "summary" not in p.parts}
     assert study.main([*argv, "--phases", "train", "check", "compare"]) == 0
