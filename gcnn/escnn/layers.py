@@ -4,10 +4,12 @@ Each layer wraps one escnn module (``R2Conv``, ``InnerBatchNorm``, ``ReLU``,
 ``PointwiseMaxPool2D``, ``PointwiseAdaptiveAvgPool2D``) so that it is a drop-in for the
 hand-written layer of :mod:`gcnn.nn` inside an unchanged torchvision / gcnn container:
 ``forward`` wraps the ``(B, C, H, W)`` tensor in a ``GeometricTensor`` of the layer's field type
-and unwraps the result. Every layer is a :class:`~gcnn.nn.FlipModule`: it converts
-``to_flip()`` to the hand-written layer and derives ``export()`` from it (one export body per
-layer kind, in :mod:`gcnn.nn`), and is built ``from_flip()`` one, all with identical outputs.
-Convs use the complete kernel basis of :mod:`gcnn.escnn.basis`.
+and unwraps the result. Field types are any :class:`~gcnn.nn.Fields` layout, as escnn's direct
+sum of trivial then regular representations (:func:`~gcnn.escnn.basis.escnn_type`), so the
+channels are the hand-written layers'. Every layer is a :class:`~gcnn.nn.FlipModule`: it
+converts ``to_flip()`` to the hand-written layer and derives ``export()`` from it (one export
+body per layer kind, in :mod:`gcnn.nn`), and is built ``from_flip()`` one, all with identical
+outputs. Convs use the complete kernel basis of :mod:`gcnn.escnn.basis`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 
 from gcnn.escnn.basis import (
     FullBasisR2Conv,
+    escnn_type,
     field_type,
     flip_gspace,
     free_dimension,
@@ -30,9 +33,9 @@ from gcnn.escnn.basis import (
     set_conv_free_weight,
 )
 from gcnn.escnn.sharing import SharesEscnnConstants, deepcopy_sharing
-from gcnn.nn import Fields, FlipBatchNorm2d, FlipConv2d, FlipModule, InvariantLinear
-from gcnn.nn.fields import FieldType as FieldName
-from gcnn.nn.fields import check_field_type
+from gcnn.nn import Fields, FieldSpec, FlipBatchNorm2d, FlipConv2d, FlipModule, InvariantLinear
+from gcnn.nn.expansion import FreeWeights
+from gcnn.nn.fields import check_field_spec
 
 __all__ = [
     "EscnnBatchNorm2d",
@@ -40,6 +43,7 @@ __all__ = [
     "EscnnInvariantLinear",
     "EscnnPointwise",
     "FullBasisR2Conv",
+    "escnn_type",
     "field_type",
     "flip_gspace",
     "free_dimension",
@@ -61,24 +65,19 @@ def _as_int(value: int | tuple[int, ...] | str, name: str) -> int:
     return int(value[0])
 
 
-def _shorthand(fields: Fields) -> FieldName:
-    """``"trivial"`` / ``"regular"`` for a pure layout (the escnn layers' field types)."""
-    if fields.is_trivial:
-        return "trivial"
-    if fields.is_regular:
-        return "regular"
-    raise NotImplementedError(f"the escnn layers take pure layouts, got {fields}")
-
-
 class EscnnConv2d(SharesEscnnConstants, FlipModule):
     r"""Flip-equivariant conv built on escnn's ``R2Conv``: a drop-in for :class:`FlipConv2d`.
 
-    Input ``(B, in_channels, H, W)`` (``in_type`` field), output ``(B, out_channels, H', W')``
-    (``out_type`` field), as :class:`torch.nn.Conv2d`. The filter is
-    ``W = Σ_b c_b B_b`` over the complete equivariant basis of :func:`full_basis_r2conv`, so it
-    satisfies ``W = F S_out W S_in`` (``F`` mirrors the kernel width, ``S`` swaps pairs) and
-    ranges over exactly the filters of the hand-written :class:`FlipConv2d`.
-    ``groups`` must be 1 and kernel, stride, padding and dilation square.
+    Input ``(B, in_channels, H, W)`` of layout ``in_type``, output ``(B, out_channels, H', W')``
+    of layout ``out_type``, as :class:`torch.nn.Conv2d`. ``in_type`` / ``out_type``: a
+    :class:`~gcnn.nn.Fields` layout or the shorthand ``"trivial"`` / ``"regular"``; every
+    combination works (trivial→trivial: mirror-symmetric kernels). The escnn field types are
+    direct sums of trivial, then regular representations (:func:`escnn_type`). The filter is
+    ``W = Σ_b c_b B_b`` over the complete equivariant basis of each (input kind, output kind)
+    block (:func:`full_basis_r2conv`), so it satisfies ``W[σ_out(o)] = F σ_in·W[o]`` (``F``
+    mirrors the kernel width, ``σ`` are the flip's channel permutations) and ranges over
+    exactly the filters of the hand-written :class:`FlipConv2d`, with as many coefficients as
+    its free parameters. ``groups`` must be 1 and kernel, stride, padding and dilation square.
     """
 
     reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
@@ -94,12 +93,12 @@ class EscnnConv2d(SharesEscnnConstants, FlipModule):
         dilation: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
-        in_type: FieldName = "regular",
-        out_type: FieldName = "regular",
+        in_type: FieldSpec = "regular",
+        out_type: FieldSpec = "regular",
     ) -> None:
         super().__init__()
-        self.in_type = check_field_type(in_type, "in_type")
-        self.out_type = check_field_type(out_type, "out_type")
+        self.in_type = check_field_spec(in_type, "in_type")
+        self.out_type = check_field_spec(out_type, "out_type")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.dilation, self.padding_mode = padding, dilation, padding_mode
@@ -124,6 +123,11 @@ class EscnnConv2d(SharesEscnnConstants, FlipModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(enn.GeometricTensor(x, self.conv.in_type)).tensor
+
+    def free_parameter_count(self) -> int:
+        """Basis coefficients of the filter: the dimension of the equivariant filters, equal to
+        :meth:`FlipConv2d.free_parameter_count` for the same layouts and kernel."""
+        return self.conv.basisexpansion.dimension()
 
     def full_weight(self) -> Tensor:
         """The expanded filter, shape ``(out_channels, in_channels, k, k)`` (differentiable)."""
@@ -164,8 +168,8 @@ class EscnnConv2d(SharesEscnnConstants, FlipModule):
     @classmethod
     @torch.no_grad()
     def from_flip(cls, flip: FlipConv2d, check: bool = True) -> EscnnConv2d:
-        """The escnn conv with ``flip``'s filter: exact (residual at float32 round-off, stored
-        in ``projection_error`` when ``check``)."""
+        """The escnn conv with ``flip``'s filter and layouts: exact (residual at float32
+        round-off, stored in ``projection_error`` when ``check``)."""
         if flip.groups != 1:
             raise NotImplementedError("the escnn backend supports groups=1 only")
         out = cls(
@@ -177,11 +181,11 @@ class EscnnConv2d(SharesEscnnConstants, FlipModule):
             dilation=_as_int(flip.dilation, "dilation"),
             bias=flip.bias is not None,
             padding_mode=flip.padding_mode,
-            in_type=_shorthand(flip.in_fields),
-            out_type=_shorthand(flip.out_fields),
+            in_type=flip.in_type,
+            out_type=flip.out_type,
         ).to(flip.weight)
         out.projection_error = set_conv_free_weight(
-            out.conv, flip.weight, flip.full_bias(), check=check
+            out.conv, flip.free_weights(), flip.full_bias(), check=check
         )
         return out.train(flip.training)
 
@@ -194,12 +198,12 @@ class EscnnConv2d(SharesEscnnConstants, FlipModule):
 
 @functools.cache
 def _inner_batchnorm_prototype(
-    channels: int, eps: float, momentum: float | None, affine: bool, track_running_stats: bool
+    fields: Fields, eps: float, momentum: float | None, affine: bool, track_running_stats: bool
 ) -> enn.InnerBatchNorm:
     """A freshly initialised InnerBatchNorm to deep-copy (escnn's constructor is slow: it sorts
     the fields by size in Python). Never handed out itself."""
     return enn.InnerBatchNorm(
-        field_type(channels, "regular"),
+        escnn_type(fields),
         eps=eps,
         momentum=momentum,
         affine=affine,
@@ -207,12 +211,20 @@ def _inner_batchnorm_prototype(
     )
 
 
-class EscnnBatchNorm2d(SharesEscnnConstants, FlipModule):
-    r"""escnn's ``InnerBatchNorm`` on a regular field: a drop-in for :class:`FlipBatchNorm2d`.
+#: The per-field tensors of a BatchNorm: shape ``(t + r,)`` in gcnn, ``(t,)`` and ``(r,)`` in
+#: escnn's two BatchNorm3d.
+_BN_STATE = ("weight", "bias", "running_mean", "running_var")
 
-    Input and output ``(B, C, H, W)``; each pair ``(2k, 2k+1)`` is normalised with one mean and
-    variance over batch, both channels and space (a ``BatchNorm3d`` on ``(B, C/2, 2, H, W)``),
-    with one weight and bias per pair.
+
+class EscnnBatchNorm2d(SharesEscnnConstants, FlipModule):
+    r"""escnn's ``InnerBatchNorm`` on any field layout: a drop-in for :class:`FlipBatchNorm2d`.
+
+    Input and output ``(B, C, H, W)``, ``C = t + 2r`` for ``fields = Fields(t, r)`` (default
+    ``"regular"``). ``InnerBatchNorm`` groups the fields by size and normalises each group with
+    one ``BatchNorm3d`` on the view ``(B, n, size, H, W)``: a trivial channel on its own
+    (statistics over batch and space, as :class:`torch.nn.BatchNorm2d`), pair ``k`` with one
+    mean and variance over batch, space *and* both channels ``t + 2k, t + 2k + 1``, with one
+    weight and bias per field: what :class:`FlipBatchNorm2d` computes, in train and eval mode.
     """
 
     reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
@@ -224,37 +236,52 @@ class EscnnBatchNorm2d(SharesEscnnConstants, FlipModule):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
+        *,
+        fields: FieldSpec = "regular",
     ) -> None:
         super().__init__()
         self.num_channels = num_channels
+        self.fields = Fields.of(check_field_spec(fields, "fields"), num_channels)
         self.bn = deepcopy_sharing(
-            _inner_batchnorm_prototype(num_channels, eps, momentum, affine, track_running_stats)
+            _inner_batchnorm_prototype(self.fields, eps, momentum, affine, track_running_stats)
         )
 
     @property
     def in_fields(self) -> Fields:
-        return Fields.of("regular", self.num_channels)
+        return self.fields
 
     @property
     def out_fields(self) -> Fields:
-        return self.in_fields
+        return self.fields
 
-    @property
-    def inner(self) -> nn.modules.batchnorm._BatchNorm:
-        """The ``BatchNorm3d`` over the ``C/2`` pairs inside the escnn module."""
-        return getattr(self.bn, "batch_norm_[2]")
+    def parts(self) -> list[tuple[int, slice, nn.modules.batchnorm._BatchNorm]]:
+        """``(field size, part, BatchNorm3d)`` per field size present, trivial fields first.
+
+        ``part`` (``[:t]`` for the trivial fields, ``[t:]`` for the pairs) indexes both the
+        ``C`` channels and gcnn's per-field tensors of shape ``(t + r,)``."""
+        t = self.fields.trivial
+        parts = [(1, slice(0, t)), (2, slice(t, None))]
+        modules = self.bn._modules
+        return [
+            (s, p, modules[f"batch_norm_[{s}]"]) for s, p in parts if f"batch_norm_[{s}]" in modules
+        ]
 
     def forward(self, x: Tensor) -> Tensor:
-        # InnerBatchNorm's forward normalises the view (B, C/2, 2, H, W) with its BatchNorm3d
-        # and copies the result into a new tensor; for one field type the copy is not needed,
-        # so the BatchNorm3d runs on the view directly (same module, same parameters and
-        # statistics; tested against InnerBatchNorm.forward). A channels_last input (gcnn train
-        # on CUDA) is made contiguous for the view.
+        # InnerBatchNorm's forward normalises the views (B, n, size, H, W) with its
+        # BatchNorm3d and copies the results into a new tensor; here the BatchNorm3d run on the
+        # views directly (same modules, parameters and statistics; tested against
+        # InnerBatchNorm.forward), and an all-regular input is not copied. A channels_last
+        # input (gcnn train on CUDA) is made contiguous for the view.
         b, c, h, w = enn.GeometricTensor(x, self.bn.in_type).tensor.shape
-        return self.inner(x.contiguous().view(b, c // 2, 2, h, w)).view(b, c, h, w)
+        x = x.contiguous()
+        outs = [
+            bn(x[:, part].reshape(b, -1, size, h, w)).view(b, -1, h, w)
+            for size, part, bn in self.parts()
+        ]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
     def _settings(self) -> dict[str, Any]:
-        inner = self.inner
+        _, _, inner = self.parts()[0]
         ref = inner.weight if inner.affine else inner.running_mean
         return {
             "eps": inner.eps,
@@ -273,64 +300,77 @@ class EscnnBatchNorm2d(SharesEscnnConstants, FlipModule):
     @torch.no_grad()
     def to_flip(self) -> FlipBatchNorm2d:
         """The hand-written :class:`FlipBatchNorm2d` with the same parameters and statistics."""
-        bn = FlipBatchNorm2d(self.num_channels, **self._settings())
-        inner = self.inner
-        if inner.affine:
-            bn.weight.copy_(inner.weight)
-            bn.bias.copy_(inner.bias)
-        if inner.track_running_stats:
-            bn.running_mean.copy_(inner.running_mean)
-            bn.running_var.copy_(inner.running_var)
-            bn.num_batches_tracked.copy_(inner.num_batches_tracked)
-        return bn.train(self.training)
+        flip = FlipBatchNorm2d(self.num_channels, **self._settings(), fields=self.fields)
+        for _, part, inner in self.parts():
+            _copy_bn_state(inner, flip, part, to_escnn=False)
+        return flip.train(self.training)
 
     @classmethod
     @torch.no_grad()
     def from_flip(cls, flip: FlipBatchNorm2d) -> EscnnBatchNorm2d:
-        """The escnn BatchNorm with ``flip``'s parameters and statistics: identical outputs."""
-        if _shorthand(flip.fields) != "regular":
-            raise NotImplementedError("the escnn BatchNorm takes a regular field")
-        out = cls(flip.num_channels, flip.eps, flip.momentum, flip.affine, flip.track_running_stats)
+        """The escnn BatchNorm with ``flip``'s layout, parameters and statistics: identical
+        outputs."""
+        out = cls(
+            flip.num_channels,
+            flip.eps,
+            flip.momentum,
+            flip.affine,
+            flip.track_running_stats,
+            fields=flip.fields,
+        )
         ref = flip.weight if flip.affine else flip.running_mean
         if ref is not None:
             out = out.to(ref)
-        inner = out.inner
-        if flip.affine:
-            inner.weight.copy_(flip.weight)
-            inner.bias.copy_(flip.bias)
-        if flip.track_running_stats:
-            inner.running_mean.copy_(flip.running_mean)
-            inner.running_var.copy_(flip.running_var)
-            inner.num_batches_tracked.copy_(flip.num_batches_tracked)
+        for _, part, inner in out.parts():
+            _copy_bn_state(inner, flip, part, to_escnn=True)
         return out.train(flip.training)
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels} (pairs={self.num_channels // 2})"
+        return f"{self.num_channels} ({self.fields})"
+
+
+def _copy_bn_state(
+    inner: nn.modules.batchnorm._BatchNorm, flip: FlipBatchNorm2d, part: slice, to_escnn: bool
+) -> None:
+    """Copy parameters, statistics and the batch counter between one of escnn's BatchNorm3d
+    and the fields ``part`` of a :class:`FlipBatchNorm2d`, in either direction."""
+    for name in _BN_STATE:
+        mine, theirs = getattr(inner, name), getattr(flip, name)
+        if mine is not None:
+            mine.copy_(theirs[part]) if to_escnn else theirs[part].copy_(mine)
+    if inner.num_batches_tracked is not None:
+        src, dst = (flip, inner) if to_escnn else (inner, flip)
+        dst.num_batches_tracked.copy_(src.num_batches_tracked)
 
 
 class EscnnInvariantLinear(SharesEscnnConstants, FlipModule):
-    r"""Invariant head: escnn 1×1 ``R2Conv`` from a regular to a trivial field on a 1×1 map.
+    r"""Invariant head: an escnn 1×1 ``R2Conv`` from any layout to trivial fields on a 1×1 map.
 
-    Input ``(B, in_features)`` (pairs interleaved), output ``(B, out_features)``. The only
-    equivariant 1×1 kernels regular→trivial have ``W[:, 2k] = W[:, 2k+1]``: mean pair pooling
-    and a linear map, the same function class as :class:`gcnn.nn.InvariantLinear`.
-    (escnn's ``GroupPooling`` takes the *max* over each pair; a max cannot be exported to the
-    plain ``Linear`` head of VGG / ResNet, so the head uses this invariant map instead.)
+    Input ``(B, in_features)`` of layout ``in_type`` (default ``"regular"``: pairs
+    interleaved), output ``(B, out_features)``. The equivariant 1×1 kernels to trivial fields
+    are ``W = [s | u ⊗ (1, 1)]``: any columns ``s`` on the trivial inputs and equal columns
+    ``W[:, t + 2k] = W[:, t + 2k + 1]`` on each pair (mean pair pooling and a linear map), the
+    function class of :class:`gcnn.nn.InvariantLinear`. (escnn's ``GroupPooling`` takes the
+    *max* over each pair; a max cannot be exported to the plain ``Linear`` head of VGG /
+    ResNet, so the head uses this invariant map instead.)
     """
 
     reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
     projection_error: float = 0.0  # residual of the last from_flip change of basis
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, in_type: FieldSpec = "regular"
+    ) -> None:
         super().__init__()
+        self.in_type = check_field_spec(in_type, "in_type")
         self.in_features, self.out_features = in_features, out_features
         self.conv = full_basis_r2conv(
-            field_type(in_features, "regular"), field_type(out_features, "trivial"), 1, bias=bias
+            field_type(in_features, in_type), field_type(out_features, "trivial"), 1, bias=bias
         )
 
     @property
     def in_fields(self) -> Fields:
-        return Fields.of("regular", self.in_features)
+        return Fields.of(self.in_type, self.in_features)
 
     @property
     def out_fields(self) -> Fields:
@@ -350,42 +390,62 @@ class EscnnInvariantLinear(SharesEscnnConstants, FlipModule):
 
     @torch.no_grad()
     def to_flip(self) -> InvariantLinear:
-        """The hand-written :class:`InvariantLinear` (free weight: the even columns)."""
+        """The hand-written :class:`InvariantLinear` with this weight
+        (:meth:`InvariantLinear.from_linear`: exact for an invariant weight)."""
         weight, bias = self.conv.expand_parameters()
-        inv = InvariantLinear(
+        linear = nn.Linear(
             self.in_features,
             self.out_features,
             bias=bias is not None,
             device=weight.device,
             dtype=weight.dtype,
         )
-        inv.weight.copy_(weight[:, 0::2, 0, 0])
+        linear.weight.copy_(weight[:, :, 0, 0])
         if bias is not None:
-            inv.bias.copy_(bias)
-        return inv.train(self.training)
+            linear.bias.copy_(bias)
+        return InvariantLinear.from_linear(linear, in_type=self.in_type).train(self.training)
 
     @classmethod
     @torch.no_grad()
     def from_flip(cls, inv: InvariantLinear, check: bool = True) -> EscnnInvariantLinear:
-        """The escnn head with ``inv``'s weights: exact (``projection_error`` when ``check``)."""
-        if _shorthand(inv.in_fields) != "regular":
-            raise NotImplementedError("the escnn head takes a regular input")
-        out = cls(inv.in_features, inv.out_features, bias=inv.bias is not None).to(inv.weight)
-        free = inv.weight[:, :, None, None]  # W[:, 2j] = W[:, 2j+1] = u[:, j]
-        out.projection_error = set_conv_free_weight(out.conv, free, inv.bias, check=check)
+        """The escnn head with ``inv``'s layout and weights: exact (``projection_error`` when
+        ``check``)."""
+        out = cls(
+            inv.in_features, inv.out_features, bias=inv.bias is not None, in_type=inv.in_type
+        ).to(inv.full_weight())
+        out.projection_error = set_conv_free_weight(
+            out.conv, _invariant_free_weights(inv), inv.bias, check=check
+        )
         return out.train(inv.training)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, regular→trivial"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"{self.in_type}→trivial"
+        )
+
+
+def _invariant_free_weights(inv: InvariantLinear) -> FreeWeights:
+    """The free weights of ``inv`` as a 1×1 conv to trivial fields: ``symmetric`` = the
+    trivial columns ``s`` and ``invariant`` = the pair columns ``u``, each ``(out, ·, 1, 1)``."""
+    weight = inv.full_weight()[:, :, None, None]
+    t = inv.in_fields.trivial
+    return FreeWeights(
+        invariant=weight[:, t::2] if inv.in_fields.regular else None,
+        symmetric=weight[:, :t] if t else None,
+    )
 
 
 class EscnnPointwise(SharesEscnnConstants, FlipModule):
     r"""A pointwise escnn module (``ReLU``, ``PointwiseMaxPool2D``, ``PointwiseAdaptiveAvgPool2D``)
-    that accepts a regular field of any width.
+    that accepts a field of any width and layout.
 
     torchvision reuses one ``relu`` on feature maps of different widths, while an escnn module is
     typed by its input field; the escnn module for ``C`` channels is built on first use (they
-    hold no parameters or buffers). Shapes as the torch module ``kind`` names.
+    hold no parameters or buffers). A pointwise op computes the same on every layout of ``C``
+    channels (it commutes with every channel permutation), and the layout of a plain tensor is
+    not known here: the escnn type is nominal, ``C // 2`` regular fields (after one trivial
+    field when ``C`` is odd). Shapes as the torch module ``kind`` names.
     """
 
     reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
@@ -399,7 +459,7 @@ class EscnnPointwise(SharesEscnnConstants, FlipModule):
 
     def _module(self, channels: int) -> enn.EquivariantModule:
         if channels not in self._by_channels:
-            t = field_type(channels, "regular")
+            t = escnn_type(Fields(trivial=channels % 2, regular=channels // 2))
             if self.kind == "relu":
                 module = enn.ReLU(t, **self.kwargs)
             elif self.kind == "maxpool":
