@@ -1,4 +1,4 @@
-"""escnn backend: VGG11 and ResNet50 GCNNs built from escnn's ``flip2dOnR2`` regular fields.
+"""escnn backend: VGG11 and ResNet50 GCNNs built from escnn's ``flip2dOnR2`` fields.
 
 Optional: needs ``pip install "gcnn[escnn]"`` (escnn 1.0.11; see ``docs/escnn.md``). Importing
 this package without escnn raises an :class:`ImportError` that says how to install it; the rest
@@ -9,7 +9,9 @@ of :mod:`gcnn` never imports escnn.
   in and out). Registered as ``create_model("vgg11_flip_escnn")`` etc.
 * ``model.export()``: the plain model (``gcnn.VGG`` / torchvision ``ResNet``), identical outputs.
 * :func:`escnn_to_flip` / :func:`flip_to_escnn`: exact conversion to and from the hand-written
-  flip models (the escnn layers use a kernel basis that spans every flip-equivariant filter).
+  flip models on any :class:`~gcnn.nn.Fields` layouts (escnn direct sums of trivial, then
+  regular fields; the escnn layers use a kernel basis that spans every flip-equivariant
+  filter).
 """
 
 from __future__ import annotations

@@ -8,9 +8,13 @@ stay the same; the model's class is swapped for its twin in the registered model
 * hand-written → escnn (:func:`flip_to_escnn`): ``FlipConv2d`` → :class:`EscnnConv2d`,
   ``FlipBatchNorm2d`` → :class:`EscnnBatchNorm2d`, ``InvariantLinear`` →
   :class:`EscnnInvariantLinear`, ``ReLU`` / ``MaxPool2d`` / ``AdaptiveAvgPool2d`` →
-  :class:`EscnnPointwise`. Filters are solved for in escnn's complete basis: exact up to
-  float32 round-off (``max_projection_error`` reports it).
-* escnn → hand-written (:func:`escnn_to_flip`): the expanded filters' free halves are copied.
+  :class:`EscnnPointwise`. Each layer keeps its :class:`~gcnn.nn.Fields` layouts (mixed ones
+  too: escnn direct sums of trivial and regular fields), so any flip model converts, e.g. the
+  nearest GCNN of a trained CNN (:func:`gcnn.analysis.as_flip_model`). Filters are solved for
+  in escnn's complete basis: exact up to float32 round-off (``max_projection_error`` reports
+  it).
+* escnn → hand-written (:func:`escnn_to_flip`): the free weights are read off the expanded
+  filters.
 """
 
 from __future__ import annotations

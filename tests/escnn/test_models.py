@@ -7,7 +7,9 @@ are parametrized over every registered ``*_flip*`` model, both backends).
 from __future__ import annotations
 
 import copy
+import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +17,18 @@ import torchvision
 from torch import nn
 
 import gcnn
+from gcnn.analysis.graph import analyse_graph
+from gcnn.analysis.nearest import as_flip_model, nearest_gcnn
+from gcnn.data.samples import load_samples
 from gcnn.escnn import EscnnConv2d, EscnnResNet, EscnnVGG, escnn_to_flip, flip_to_escnn
 from gcnn.escnn.convert import max_projection_error
 from gcnn.models import VGG, FlipResNet, FlipVGG
 from gcnn.nn import FlipConv2d
-from gcnn.testing import assert_flip_equivariant, assert_same_outputs
+from gcnn.testing import assert_flip_equivariant, assert_same_outputs, flip_equivariance_error
+from tests.models.test_as_flip_model import involutions
 from tests.models.test_vgg import with_random_bn_state
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ESCNN_MODULE_ROOTS = ("escnn", "gcnn.escnn")
 
@@ -69,6 +77,38 @@ def test_vgg_conversions_are_exact(train, cifar_images) -> None:
     plain = model.export()
     assert type(plain) is VGG and escnn_free(plain) and plain.training == model.training == train
     assert_same_outputs(model, plain, x, rtol=1e-12)
+
+
+def test_nearest_gcnn_of_a_trained_cnn_round_trips_through_escnn() -> None:
+    """The mixed-field flip model that ``gcnn.analysis`` exports for the merged trained CNN of
+    ``models/`` (as in tests/models/test_as_flip_model.py) converts to escnn and back
+    exactly: the escnn model computes the merged net's function and is invariant. Negative
+    control: the trained CNN itself is not invariant."""
+    folder = ROOT / "models" / "vgg11-w025-fmnist-cnn"
+    meta = json.loads((folder / "model.json").read_text())
+    model = gcnn.create_model(
+        meta["arch"], weights=folder / "model.safetensors", **meta["arch_kwargs"]
+    )
+    model = model.double().eval()
+    images, _ = load_samples("fashion-mnist")
+    x = nn.functional.pad(images.double() / 255, (2, 2, 2, 2))  # 28 → 32: an exact size
+    graph = analyse_graph(model, x[:1])
+    perms = involutions(graph)
+    merged = nearest_gcnn(model, graph, perms)
+    flip = as_flip_model(merged, graph, perms)
+    escnn_model = flip_to_escnn(flip)
+    assert type(escnn_model) is EscnnVGG and max_projection_error(escnn_model) < 1e-12
+    layouts = [m.out_fields for m in escnn_model.modules() if isinstance(m, EscnnConv2d)]
+    assert sum(1 for f in layouts if f.trivial and f.regular) >= 2  # mixed fields
+    assert sum(1 for f in layouts if f.is_trivial) >= 1  # trivial→trivial blocks
+    assert_same_outputs(merged, escnn_model, x, rtol=1e-10)
+    assert_flip_equivariant(escnn_model, x)
+    back = escnn_to_flip(escnn_model)
+    assert type(back) is FlipVGG
+    for name, value in flip.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], value, rtol=1e-12, atol=1e-14)
+    assert_same_outputs(flip, back, x, rtol=1e-12)
+    assert flip_equivariance_error(model, x) > 1e-3
 
 
 def test_resnet50_escnn_is_invariant_at_225(cifar_images) -> None:
