@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from gcnn.columns import ColumnTracker, OpRecord
+from gcnn.nn.module import FlipHook, FlipModule
 
 aten = torch.ops.aten
 
@@ -111,11 +112,11 @@ def _module_names(model: nn.Module) -> Iterator[list[str]]:
         stack.pop()
 
     handles = []
-    opaque: list[str] = []  # modules that report their ops as their own (e.g. escnn wrappers)
+    opaque: list[str] = []  # flip layers report their ops as their own (e.g. escnn wrappers)
     for name, module in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in opaque):
             continue
-        if getattr(module, "reports_as_leaf", False):
+        if _is_flip_layer(module):
             opaque.append(name)
         handles.append(module.register_forward_pre_hook(enter(name)))
         handles.append(module.register_forward_hook(leave))
@@ -124,6 +125,15 @@ def _module_names(model: nn.Module) -> Iterator[list[str]]:
     finally:
         for h in handles:
             h.remove()
+
+
+def _is_flip_layer(module: nn.Module) -> bool:
+    """A :class:`~gcnn.nn.FlipModule` with no flip module below it: a layer, not a model. Its
+    window ops are named after it, not after its children (the escnn module that an escnn
+    layer wraps)."""
+    return isinstance(module, FlipModule) and not any(
+        isinstance(m, FlipModule) for m in module.modules() if m is not module
+    )
 
 
 def _infer_in_channels(model: nn.Module) -> int:
@@ -228,10 +238,9 @@ def flip_exactness(
     return report
 
 
-class InexactSizeWarner:
-    """Forward pre-hook for flip models: warns once per input size that breaks the rule."""
-
-    is_flip_hook = True
+class InexactSizeWarner(FlipHook):
+    """Forward pre-hook for flip models: warns once per input size that breaks the rule
+    (a :class:`~gcnn.nn.FlipHook`: exported plain models drop it)."""
 
     def __init__(self) -> None:
         self.seen: set[tuple[int, int]] = set()

@@ -80,7 +80,6 @@ class EscnnConv2d(SharesEscnnConstants, FlipModule):
     its free parameters. ``groups`` must be 1 and kernel, stride, padding and dilation square.
     """
 
-    reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
     projection_error: float = 0.0  # residual of the last from_flip change of basis
 
     def __init__(
@@ -227,8 +226,6 @@ class EscnnBatchNorm2d(SharesEscnnConstants, FlipModule):
     weight and bias per field: what :class:`FlipBatchNorm2d` computes, in train and eval mode.
     """
 
-    reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
-
     def __init__(
         self,
         num_channels: int,
@@ -355,7 +352,6 @@ class EscnnInvariantLinear(SharesEscnnConstants, FlipModule):
     ResNet, so the head uses this invariant map instead.)
     """
 
-    reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
     projection_error: float = 0.0  # residual of the last from_flip change of basis
 
     def __init__(
@@ -447,8 +443,6 @@ class EscnnPointwise(SharesEscnnConstants, FlipModule):
     not known here: the escnn type is nominal, ``C // 2`` regular fields (after one trivial
     field when ``C`` is odd). Shapes as the torch module ``kind`` names.
     """
-
-    reports_as_leaf = True  # gcnn.exactness names this module, not its escnn child
 
     def __init__(self, kind: str, **kwargs: Any) -> None:
         super().__init__()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from torch import nn
 
 from gcnn.nn.fields import Fields
@@ -21,11 +19,10 @@ class FlipModule(nn.Module):
     alone: its train/eval mode, its class and its sub-module names (escnn's own ``export()``
     switches the module to eval; ours never does), and the result has ``self``'s mode.
 
-    ``reports_as_leaf``: :func:`gcnn.flip_exactness` names this module, not its children, for
-    the window ops it runs (wrappers around escnn modules set it).
+    A flip module with no flip module below it is a *layer*: :func:`gcnn.flip_exactness` names
+    it, not its children (e.g. the escnn module an escnn layer wraps), for the window ops it
+    runs.
     """
-
-    reports_as_leaf: ClassVar[bool] = False
 
     @property
     def in_fields(self) -> Fields | None:
