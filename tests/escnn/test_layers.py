@@ -263,3 +263,14 @@ def test_deep_copies_share_escnn_constants_without_changing_escnn() -> None:
     assert not torch.equal(twin.conv.weights, conv.conv.weights)  # parameters are copies
     assert not any("__deepcopy__" in vars(cls) for cls in IMMUTABLE_ESCNN_TYPES)
     assert copy.deepcopy(conv.conv.in_type) is not conv.conv.in_type  # escnn unchanged
+
+
+def test_mixed_fields_example_in_the_docs_runs() -> None:
+    """The python block of docs/escnn.md's *Mixed fields* section runs as written."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "escnn.md").read_text()
+    section = doc.split("## Mixed fields", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    exec(compile(block, "docs/escnn.md", "exec"), {})
