@@ -269,7 +269,7 @@ class EscnnBatchNorm2d(SharesEscnnConstants, FlipModule):
         # views directly (same modules, parameters and statistics; tested against
         # InnerBatchNorm.forward), and an all-regular input is not copied. A channels_last
         # input (gcnn train on CUDA) is made contiguous for the view.
-        b, c, h, w = enn.GeometricTensor(x, self.bn.in_type).tensor.shape
+        b, _, h, w = enn.GeometricTensor(x, self.bn.in_type).tensor.shape  # checks C
         x = x.contiguous()
         outs = [
             bn(x[:, part].reshape(b, -1, size, h, w)).view(b, -1, h, w)
