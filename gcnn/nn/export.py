@@ -14,8 +14,8 @@ def export_modules(module: nn.Module) -> nn.Module:
 
     The copy keeps the class of ``module`` and of every container; the caller's module and its
     train/eval mode are left untouched. Forward hooks and pre-hooks that flip models use to
-    warn about inexact input sizes are dropped (plain models do not warn): instances of
-    :class:`FlipHook`, and hooks with a true ``is_flip_hook`` attribute (the older marker).
+    warn about inexact input sizes (instances of :class:`FlipHook`) are dropped: plain models
+    do not warn.
     """
     out = copy.deepcopy(module)
     _export_children(out)
@@ -34,9 +34,5 @@ def _export_children(module: nn.Module) -> None:
 def _drop_flip_hooks(module: nn.Module) -> None:
     for sub in module.modules():
         for hooks in (sub._forward_pre_hooks, sub._forward_hooks):
-            for key in [k for k, h in hooks.items() if _is_flip_hook(h)]:
+            for key in [k for k, h in hooks.items() if isinstance(h, FlipHook)]:
                 del hooks[key]
-
-
-def _is_flip_hook(hook: object) -> bool:
-    return isinstance(hook, FlipHook) or bool(getattr(hook, "is_flip_hook", False))
