@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from gcnn.nn.expansion import (
     ConvFields,
@@ -20,6 +21,16 @@ from gcnn.nn.expansion import (
     local_input_fields,
 )
 from gcnn.nn.fields import Fields, FieldSpec, check_field_spec
+from gcnn.nn.isotypic import (
+    ConvPath,
+    IsotypicPlan,
+    check_conv_path,
+    isotypic_conv2d,
+    plan_for,
+    prefers_isotypic,
+    regular_conv2d_eager,
+    unsupported_reason,
+)
 from gcnn.nn.module import FlipModule
 
 #: Free-weight block (see :mod:`gcnn.nn.expansion`) → parameter name, when it is not the first
@@ -55,6 +66,13 @@ class FlipConv2d(FlipModule):
     its partner's: all-trivial or all-regular inputs with pairs inside groups, or depthwise
     (``groups == in == out``, same layout in and out; pair partners sit in neighbouring groups).
     Mixed layouts need ``groups == 1``.
+
+    ``path`` picks how the forward computes the same function from the same free weights:
+    ``"regular"`` runs ``F.conv2d`` on :meth:`full_weight`; ``"isotypic"`` runs the conv in
+    the s/d basis of each pair at half the multiply-adds (:mod:`gcnn.nn.isotypic`);
+    ``"auto"`` (default) takes the isotypic path where it is measured to be faster
+    (:func:`gcnn.nn.isotypic.prefers_isotypic`). Set it on a whole model with
+    :func:`set_conv_path`. State dicts and :meth:`export` do not depend on it.
     """
 
     def __init__(
@@ -72,6 +90,7 @@ class FlipConv2d(FlipModule):
         out_type: FieldSpec = "regular",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        path: ConvPath = "auto",
     ) -> None:
         super().__init__()
         check_field_spec(in_type, "in_type")
@@ -112,7 +131,32 @@ class FlipConv2d(FlipModule):
             self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
         n_bias = self._out_fields.trivial + self._out_fields.regular
         self.bias = nn.Parameter(torch.empty(n_bias, **factory)) if bias else None
+        self.path: ConvPath = "regular"
+        self.set_path(path)
         self.reset_parameters()
+
+    def set_path(self, path: ConvPath) -> None:
+        """Choose the forward's path (``"auto"``, ``"isotypic"`` or ``"regular"``); raises
+        when ``"isotypic"`` cannot run this conv."""
+        check_conv_path(path)
+        reason = unsupported_reason(self.fields, self._in_fields, self.groups)
+        if path == "isotypic" and reason is not None:
+            raise ValueError(f"the isotypic path cannot run {reason}; use path='auto'")
+        self.path = path
+
+    def runs_isotypic(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` takes the isotypic path for the input ``x``.
+
+        Never on ``meta`` tensors or under a ``TorchDispatchMode`` outside ``torch.compile``
+        (the op-level tools :func:`gcnn.flip_exactness` and :mod:`gcnn.exactness_check` follow
+        the plain conv's columns and outputs, which the regular path computes)."""
+        if self.path == "regular" or x.dim() != 4 or _op_tool_active(x):
+            return False
+        if self.path == "isotypic":
+            return True
+        if unsupported_reason(self.fields, self._in_fields, self.groups) is not None:
+            return False
+        return prefers_isotypic(self._plan())
 
     @property
     def in_fields(self) -> Fields:
@@ -148,6 +192,8 @@ class FlipConv2d(FlipModule):
         return None if self.bias is None else expand_bias(self.bias, self._out_fields)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.runs_isotypic(x):
+            return self._isotypic_forward(x)
         weight, bias = self.full_weight(), self.full_bias()
         if self.padding_mode != "zeros":
             if isinstance(self.padding, str):
@@ -158,6 +204,18 @@ class FlipConv2d(FlipModule):
         else:
             padding = self.padding
         return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+    def _plan(self) -> IsotypicPlan:
+        return plan_for(
+            self.fields, self._in_fields, self.groups, self.kernel_size, self.stride,
+            self.padding, self.dilation, self.padding_mode,
+        )  # fmt: skip
+
+    def _isotypic_forward(self, x: Tensor) -> Tensor:
+        plan = self._plan()
+        if plan.eager_pairs and not torch.compiler.is_compiling():
+            return regular_conv2d_eager(x, self.weight, self.bias, plan)
+        return isotypic_conv2d(x, self.free_weights(), self.bias, plan, self._in_fields)
 
     def _factory(self) -> dict[str, Any]:
         ref = next(iter(self.parameters()))
@@ -236,8 +294,32 @@ class FlipConv2d(FlipModule):
             s += ", bias=False"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode}"
+        if self.path != "auto":
+            s += f", path={self.path}"
         return s + f", {_describe(self.in_type)}→{_describe(self.out_type)}"
+
+
+def _op_tool_active(x: Tensor) -> bool:
+    """A meta input, or a dispatch-level tool watching the ops (not compilation)."""
+    if torch.compiler.is_compiling():
+        return False
+    return x.device.type == "meta" or _get_current_dispatch_mode() is not None
 
 
 def _describe(spec: FieldSpec) -> str:
     return spec if isinstance(spec, str) else str(spec)
+
+
+def set_conv_path(module: nn.Module, path: ConvPath) -> nn.Module:
+    """Set the forward path of every :class:`FlipConv2d` in ``module`` (itself included);
+    returns ``module``. ``"isotypic"`` raises on a conv it cannot run (before changing any)."""
+    convs = [m for m in module.modules() if isinstance(m, FlipConv2d)]
+    check_conv_path(path)
+    if path == "isotypic":
+        for conv in convs:
+            reason = unsupported_reason(conv.fields, conv.in_fields, conv.groups)
+            if reason is not None:
+                raise ValueError(f"the isotypic path cannot run {reason}; use path='auto'")
+    for conv in convs:
+        conv.set_path(path)
+    return module

@@ -62,7 +62,10 @@ def test_plain_conv_of_same_shape_is_not_equivariant(case: ConvCase) -> None:
 
 @given(conv_cases(exact=None), st.booleans())
 def test_export_gives_identical_outputs(case: ConvCase, train: bool) -> None:
+    """Bit for bit on the regular path (the isotypic path agrees to float tolerance:
+    tests/nn/test_isotypic.py)."""
     conv = make_conv(case).train(train)
+    conv.set_path("regular")
     x = make_input(case)
     plain = conv.export()
     assert type(plain) is nn.Conv2d and plain.training == train

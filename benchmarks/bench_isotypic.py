@@ -1,0 +1,196 @@
+"""Training steps of flip models (isotypic fast path) vs plain models, in one process.
+
+For each (model, width, batch, mode) four models take full training steps (forward,
+cross-entropy, backward, SGD step) in turn, round after round: the plain model, the plain model
+in channels-last memory format, the flip model on its default ``path="auto"`` (the isotypic
+fast path where it wins) and the flip model forced onto ``path="regular"``. The ratios are
+medians of the within-round throughput ratios (machine load hits every model of a round
+alike); absolute images/s are medians too.
+
+CPU: fp32, channels-first input. GPU (``--device cuda``): bf16 autocast, channels-last input,
+batch 512 / 2048 by default.
+
+    python benchmarks/bench_isotypic.py --out benchmarks/results/isotypic_cpu.json
+    python benchmarks/bench_isotypic.py --device cuda --out benchmarks/results/isotypic_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import gcnn
+from gcnn.nn import set_conv_path
+
+#: arch → (plain builder, flip builder, input size, widths it takes)
+ARCHS = {
+    "vgg11": ("vgg11", "vgg11_flip", 32, True),
+    "resnet50": ("resnet50", "resnet50_flip", 65, False),
+}
+#: model key → (flip model?, conv path, channels-last)
+VARIANTS = {
+    "plain": (False, None, False),
+    "plain_cl": (False, None, True),
+    "flip": (True, "auto", False),
+    "flip_regular": (True, "regular", False),
+}
+
+
+def build(arch: str, key: str, width: float, device: torch.device) -> nn.Module:
+    """One benchmark model (seeded init, train mode, on ``device``)."""
+    plain_name, flip_name, _, has_width = ARCHS[arch]
+    flip, path, channels_last = VARIANTS[key]
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, **({"width": width} if has_width else {})}
+    model = gcnn.create_model(flip_name if flip else plain_name, **kwargs)
+    if path is not None:
+        set_conv_path(model, path)
+    model = model.to(device)
+    if channels_last or device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compile_: bool) -> Callable:
+    """One SGD training step (forward, cross-entropy, backward, update) as a closure."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    forward = torch.compile(model) if compile_ else model
+    cuda = x.device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed(step: Callable, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` steps (synchronised on a GPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench(
+    arch: str,
+    width: float,
+    batch: int,
+    compile_: bool,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> dict:
+    """Interleaved rounds of the variants; medians of throughput and of within-round ratios."""
+    size = args.image_size or ARCHS[arch][2]
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, size, size, device=device)
+    if device.type == "cuda":
+        x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+    keys = args.variants
+    steps, warmup_s = {}, {}
+    for key in keys:
+        start = time.perf_counter()
+        steps[key] = make_step(build(arch, key, width, device), x, y, compile_)
+        for _ in range(args.warmup):
+            steps[key]()
+        warmup_s[key] = round(time.perf_counter() - start, 1)
+    rates: dict[str, list[float]] = {key: [] for key in keys}
+    for _ in range(args.rounds):
+        for key in keys:
+            rates[key].append(batch * args.steps / timed(steps[key], args.steps, device))
+    ratios = {
+        f"{key}/plain": round(
+            statistics.median(a / b for a, b in zip(rates[key], rates["plain"], strict=True)), 3
+        )
+        for key in keys
+        if key != "plain"
+    }
+    return {
+        "arch": arch,
+        "width": width if ARCHS[arch][3] else None,
+        "batch": batch,
+        "image_size": size,
+        "mode": "compile" if compile_ else "eager",
+        "images_per_s": {key: round(statistics.median(r), 1) for key, r in rates.items()},
+        "ratios": ratios,
+        "warmup_s": warmup_s,
+        "rounds": args.rounds,
+    }
+
+
+def environment(device: torch.device) -> dict:
+    """Device, library versions and numeric settings of the run."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "device": name or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gcnn": gcnn.__version__,
+        "python": platform.python_version(),
+        "numerics": "bf16 autocast, channels_last input" if device.type == "cuda" else "fp32",
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    p.add_argument("--widths", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="VGG11 only")
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=None, help="CPU 32 128, GPU 512 2048"
+    )
+    p.add_argument(
+        "--image-size", type=int, default=None, help="default: 32 (VGG11), 65 (ResNet50)"
+    )
+    p.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--steps", type=int, default=1, help="training steps per timed unit")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="steps before timing (compiles)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    if "plain" not in args.variants:
+        p.error("--variants must include plain (the reference of every ratio)")
+    device = torch.device(args.device)
+    batches = args.batch_sizes or ([512, 2048] if device.type == "cuda" else [32, 128])
+    warnings.simplefilter("ignore", gcnn.FlipExactnessWarning)
+    results = []
+    for arch in args.archs:
+        for width in args.widths if ARCHS[arch][3] else [1.0]:
+            for batch in batches:
+                for mode in args.modes:
+                    row = bench(arch, width, batch, mode == "compile", device, args)
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+    report = {
+        "environment": environment(device),
+        "command": " ".join(["python", *sys.argv]),
+        "results": results,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The isotypic (s/d basis) path of FlipConv2d computes the regular path's function.
+
+Every test runs one module on both paths (``set_path``): same free weights, outputs and
+gradients equal to float tolerance, over layouts, kernels, strides, paddings, dilations,
+groups and dtypes; the plain conv is the negative control; whole models agree too.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import gcnn
+from gcnn.exactness import FlipExactnessWarning
+from gcnn.nn import Fields, FlipConv2d, set_conv_path
+from gcnn.nn.isotypic import isotypic_conv2d, plan_for, prefers_isotypic
+from tests.nn.field_cases import layouts
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
+FAST = settings(max_examples=40, deadline=None)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conv configuration and an input size for it."""
+
+    in_fields: Fields
+    out_fields: Fields
+    groups: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: int
+    padding_mode: str
+    bias: bool
+    height: int
+    width: int
+    dtype: torch.dtype
+
+    def build(self) -> FlipConv2d:
+        conv = FlipConv2d(
+            self.in_fields.channels, self.out_fields.channels, self.kernel, stride=self.stride,
+            padding=self.padding, dilation=self.dilation, groups=self.groups, bias=self.bias,
+            padding_mode=self.padding_mode, in_type=self.in_fields, out_type=self.out_fields,
+            dtype=self.dtype,
+        )  # fmt: skip
+        if conv.bias is not None:
+            nn.init.normal_(conv.bias)  # a zero bias would hide a bias bug
+        return conv
+
+    def input(self) -> torch.Tensor:
+        x = torch.randn(2, self.in_fields.channels, self.height, self.width, dtype=self.dtype)
+        return x.requires_grad_()
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    """Dense convs between any layouts, grouped and depthwise convs on pure layouts; kernel
+    widths 1–7 (odd and even), strides, int / 'same' / 'valid' padding, all padding modes."""
+    kind = draw(st.sampled_from(["dense", "dense", "grouped", "depthwise"]))
+    if kind == "dense":
+        in_f, out_f, groups = draw(layouts()), draw(layouts()), 1
+    elif kind == "grouped":
+        groups = 2
+        in_f, out_f = (
+            draw(st.sampled_from([Fields(trivial=2 * n), Fields(regular=2 * n)]))
+            for n in (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+        )
+    else:
+        in_f = out_f = draw(st.sampled_from([Fields(trivial=3), Fields(regular=2)]))
+        groups = in_f.channels
+    kernel = (draw(st.sampled_from([1, 3])), draw(st.sampled_from([1, 2, 3, 5, 7])))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 3)))
+    dilation = draw(st.integers(1, 2))
+    span = [dilation * (k - 1) + 1 for k in kernel]
+    padding: tuple[int, int] | str = (
+        draw(st.integers(0, span[0] // 2)), draw(st.integers(0, span[1] // 2))
+    )  # fmt: skip
+    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
+    if stride == (1, 1) and mode == "zeros":
+        padding = draw(st.sampled_from([padding, "same", "valid"]))
+    height = span[0] + draw(st.integers(0, 3))
+    width = span[1] + draw(st.integers(0, 6))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    bias = draw(st.booleans())
+    return Case(
+        in_f, out_f, groups, kernel, stride, padding, dilation, mode, bias, height, width, dtype
+    )
+
+
+def outputs_and_grads(conv: FlipConv2d, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    """The output and the gradients of ``⟨conv(x), g⟩`` w.r.t. ``x`` and every parameter."""
+    y = conv(x)
+    grads = torch.autograd.grad(y, [x, *conv.parameters()], g)
+    return [y.detach(), *grads]
+
+
+@FAST
+@given(cases())
+def test_isotypic_path_equals_regular_path_with_gradients(case: Case) -> None:
+    conv = case.build()
+    x = case.input()
+    conv.set_path("regular")
+    y = conv(x)
+    g = torch.randn_like(y)
+    expected = outputs_and_grads(conv, x, g)
+    conv.set_path("isotypic")
+    got = outputs_and_grads(conv, x, g)
+    tol = TOL[case.dtype]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@FAST
+@given(cases())
+def test_the_compilable_formulation_equals_the_regular_path(case: Case) -> None:
+    """:func:`isotypic_conv2d` (plain torch ops, what ``torch.compile`` traces) on every
+    layout, also where eager runs the hand-scheduled kernels."""
+    conv = case.build()
+    x = case.input().detach()
+    conv.set_path("regular")
+    args = (conv.fields, conv.in_fields, conv.groups, conv.kernel_size, conv.stride)
+    plan = plan_for(*args, conv.padding, conv.dilation, conv.padding_mode)
+    got = isotypic_conv2d(x, conv.free_weights(), conv.bias, plan, conv.in_fields)
+    tol = TOL[case.dtype]
+    torch.testing.assert_close(got, conv(x), rtol=tol, atol=tol)
+
+
+@settings(max_examples=15, deadline=None)
+@given(cases())
+def test_a_non_equivariant_filter_does_not_survive_the_decomposition(case: Case) -> None:
+    """Negative control: a plain conv with random weights, read into free weights, is not
+    what either path computes (the s/d blocks hold only the equivariant part); the exported
+    equivariant filter is. (trivial → trivial 1-wide kernels have no constraint.)"""
+    assume(case.in_fields.regular or case.out_fields.regular or case.kernel[1] > 1)
+    conv = case.build()
+    x = case.input().detach()
+    plain = conv.export()
+    nn.init.normal_(plain.weight)
+    forced = FlipConv2d.from_conv(plain, conv.in_fields, conv.out_fields)
+    forced.set_path("isotypic")
+    with torch.no_grad():
+        assert (forced(x) - plain(x)).abs().max() > 1e-3
+        tol = TOL[case.dtype]
+        torch.testing.assert_close(forced(x), forced.export()(x), rtol=tol, atol=tol)
+
+
+def test_float32_regular_layers_of_vgg_size() -> None:
+    """A realistic layer in float32: 256 → 256 channels, the sizes the "auto" rule picks."""
+    torch.manual_seed(0)
+    conv = FlipConv2d(256, 256, 3, padding=1)
+    assert prefers_isotypic(conv._plan())
+    x = torch.randn(4, 256, 8, 8)
+    y_iso = conv(x)
+    conv.set_path("regular")
+    torch.testing.assert_close(y_iso, conv(x), rtol=1e-4, atol=1e-4)
+
+
+def with_random_bn(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.normal_()
+                m.bias.normal_()
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "size"),
+    [("vgg11_flip", {"width": 0.25}, 32), ("resnet50_flip", {"num_classes": 10}, 33)],
+)
+def test_whole_models_agree_on_both_paths(name: str, kwargs: dict, size: int) -> None:
+    """Every conv forced onto each path: eval and train-mode outputs agree (float64)."""
+    torch.manual_seed(0)
+    model = with_random_bn(gcnn.create_model(name, **kwargs)).double()
+    x = torch.rand(2, 3, size, size, dtype=torch.float64)
+    outs = {}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FlipExactnessWarning)
+        for path in ("regular", "isotypic"):
+            twin = set_conv_path(copy.deepcopy(model), path)
+            outs[path] = (twin.eval()(x), twin.train()(x))
+    for got, expected in zip(outs["isotypic"], outs["regular"], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_state_dict_and_export_do_not_depend_on_the_path() -> None:
+    conv = FlipConv2d(8, 12, 3, padding=1, path="isotypic")
+    other = FlipConv2d(8, 12, 3, padding=1, path="regular")
+    assert conv.state_dict().keys() == other.state_dict().keys()
+    other.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(conv.export().weight, other.export().weight, rtol=0, atol=0)
+
+
+def test_path_switch_and_its_errors() -> None:
+    model = gcnn.vgg11_flip(width=0.125)
+    convs = [m for m in model.modules() if isinstance(m, FlipConv2d)]
+    assert all(c.path == "auto" for c in convs)
+    assert set_conv_path(model, "regular") is model
+    assert all(c.path == "regular" for c in convs)
+    with pytest.raises(ValueError, match="path must be one of"):
+        set_conv_path(model, "fast")
+    mixed = Fields(trivial=1, regular=1)
+    depthwise = FlipConv2d(3, 3, 3, groups=3, in_type=mixed, out_type=mixed)
+    with pytest.raises(ValueError, match="depthwise conv on a mixed layout"):
+        depthwise.set_path("isotypic")
+    assert not depthwise.runs_isotypic(torch.zeros(1, 3, 5, 5))
+    with pytest.raises(ValueError, match="path='auto'"):
+        set_conv_path(nn.Sequential(FlipConv2d(4, 4, 3), depthwise), "isotypic")
+
+
+def test_auto_rule_and_tools_see_the_regular_path() -> None:
+    big, small = FlipConv2d(256, 256, 3), FlipConv2d(32, 32, 3)
+    x = torch.zeros(1, 256, 6, 6)
+    assert big.runs_isotypic(x) and not small.runs_isotypic(torch.zeros(1, 32, 6, 6))
+    assert FlipConv2d(256, 512, 1, stride=2).runs_isotypic(x)
+    assert not FlipConv2d(256, 512, 1).runs_isotypic(x)
+    assert not FlipConv2d(3, 256, 3, in_type="trivial").runs_isotypic(torch.zeros(1, 3, 6, 6))
+    assert not big.runs_isotypic(x.to("meta"))  # the exactness tracer follows the plain conv
+
+
+def test_compiled_isotypic_conv_matches_eager() -> None:
+    torch.manual_seed(0)
+    conv = FlipConv2d(8, 8, 3, padding=1, path="isotypic")
+    x = torch.randn(2, 8, 6, 6)
+    compiled = torch.compile(conv, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), conv(x), rtol=1e-5, atol=1e-5)
