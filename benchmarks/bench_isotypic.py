@@ -136,11 +136,25 @@ def bench(
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``) and architecture."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        model = platform.processor() or "CPU"
+    return f"{model} ({platform.machine()})"
+
+
 def environment(device: torch.device) -> dict:
     """Device, library versions and numeric settings of the run."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
-        "device": name or platform.machine(),
+        "device": name,
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "gcnn": gcnn.__version__,
