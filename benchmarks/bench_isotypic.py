@@ -32,6 +32,9 @@ from torch import nn
 import gcnn
 from gcnn.nn import set_conv_path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_flip_vs_plain import make_step  # noqa: E402  (one training step for every bench)
+
 #: arch → (plain builder, flip builder, input size, widths it takes)
 ARCHS = {
     "vgg11": ("vgg11", "vgg11_flip", 32, True),
@@ -59,22 +62,6 @@ def build(arch: str, key: str, width: float, device: torch.device) -> nn.Module:
     if channels_last or device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model.train()
-
-
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compile_: bool) -> Callable:
-    """One SGD training step (forward, cross-entropy, backward, update) as a closure."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    forward = torch.compile(model) if compile_ else model
-    cuda = x.device.type == "cuda"
-
-    def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = nn.functional.cross_entropy(forward(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 def timed(step: Callable, steps: int, device: torch.device) -> float:

@@ -7,7 +7,6 @@ are parametrized over every registered ``*_flip*`` model, both backends).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -17,15 +16,13 @@ import torchvision
 from torch import nn
 
 import gcnn
-from gcnn.analysis.graph import analyse_graph
-from gcnn.analysis.nearest import as_flip_model, nearest_gcnn
-from gcnn.data.samples import load_samples
+from gcnn.analysis.nearest import as_flip_model
 from gcnn.escnn import EscnnConv2d, EscnnResNet, EscnnVGG, escnn_to_flip, flip_to_escnn
 from gcnn.escnn.convert import max_projection_error
 from gcnn.models import VGG, FlipResNet, FlipVGG
 from gcnn.nn import FlipConv2d
 from gcnn.testing import assert_flip_equivariant, assert_same_outputs, flip_equivariance_error
-from tests.models.test_as_flip_model import involutions
+from tests.models.test_as_flip_model import merged_trained_cnn
 from tests.models.test_vgg import with_random_bn_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,17 +81,7 @@ def test_nearest_gcnn_of_a_trained_cnn_round_trips_through_escnn() -> None:
     ``models/`` (as in tests/models/test_as_flip_model.py) converts to escnn and back
     exactly: the escnn model computes the merged net's function and is invariant. Negative
     control: the trained CNN itself is not invariant."""
-    folder = ROOT / "models" / "vgg11-w025-fmnist-cnn"
-    meta = json.loads((folder / "model.json").read_text())
-    model = gcnn.create_model(
-        meta["arch"], weights=folder / "model.safetensors", **meta["arch_kwargs"]
-    )
-    model = model.double().eval()
-    images, _ = load_samples("fashion-mnist")
-    x = nn.functional.pad(images.double() / 255, (2, 2, 2, 2))  # 28 → 32: an exact size
-    graph = analyse_graph(model, x[:1])
-    perms = involutions(graph)
-    merged = nearest_gcnn(model, graph, perms)
+    model, x, graph, perms, merged = merged_trained_cnn()
     flip = as_flip_model(merged, graph, perms)
     escnn_model = flip_to_escnn(flip)
     assert type(escnn_model) is EscnnVGG and max_projection_error(escnn_model) < 1e-12

@@ -54,7 +54,10 @@ def mixed_layouts(flip: nn.Module) -> int:
     return sum(1 for m in flip.modules() if isinstance(m, FlipConv2d) and m.out_fields.trivial > 0)
 
 
-def test_merged_trained_cnn_exports_as_a_flip_model_with_mixed_fields() -> None:
+def merged_trained_cnn() -> tuple[nn.Module, Tensor, object, dict[str, Tensor], nn.Module]:
+    """The committed trained CNN ``models/vgg11-w025-fmnist-cnn`` (float64, eval), the shipped
+    Fashion-MNIST images padded to 32 (an exact size), its graph, random involutions (fixed
+    points included) and the α = ½ merge with the twin they align."""
     folder = ROOT / "models" / "vgg11-w025-fmnist-cnn"
     meta = json.loads((folder / "model.json").read_text())
     model = gcnn.create_model(
@@ -65,7 +68,11 @@ def test_merged_trained_cnn_exports_as_a_flip_model_with_mixed_fields() -> None:
     x = nn.functional.pad(images.double() / 255, (2, 2, 2, 2))  # 28 → 32: an exact size
     graph = analyse_graph(model, x[:1])
     perms = involutions(graph)
-    merged = nearest_gcnn(model, graph, perms)
+    return model, x, graph, perms, nearest_gcnn(model, graph, perms)
+
+
+def test_merged_trained_cnn_exports_as_a_flip_model_with_mixed_fields() -> None:
+    model, x, graph, perms, merged = merged_trained_cnn()
     flip = as_flip_model(merged, graph, perms)
     assert type(flip) is FlipVGG
     assert mixed_layouts(flip) >= 2
