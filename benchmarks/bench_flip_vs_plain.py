@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -92,6 +93,15 @@ def bench_pair(
     }  # fmt: skip
 
 
+def write_report(results: list[dict], env: dict, out: Path | None) -> None:
+    """Write ``{environment, command, results}`` as JSON to ``out`` (nothing when ``None``)."""
+    if out is None:
+        return
+    report = {"environment": env, "command": " ".join(["python", *sys.argv]), "results": results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def environment(device: torch.device) -> dict:
     info = {
         "device": torch.cuda.get_device_name(device)
@@ -139,14 +149,7 @@ def main() -> None:
                 )
                 results.append(r)
                 print(json.dumps(r), flush=True)
-    report = {
-        "environment": environment(device),
-        "command": " ".join(["python", *__import__("sys").argv]),
-        "results": results,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(results, environment(device), args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ import gcnn
 from gcnn.nn import set_conv_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_flip_vs_plain import make_step  # noqa: E402  (one training step for every bench)
+from bench_flip_vs_plain import make_step, time_steps, write_report  # noqa: E402
 
 #: arch → (plain builder, flip builder, input size, widths it takes)
 ARCHS = {
@@ -64,18 +63,6 @@ def build(arch: str, key: str, width: float, device: torch.device) -> nn.Module:
     return model.train()
 
 
-def timed(step: Callable, steps: int, device: torch.device) -> float:
-    """Seconds for ``steps`` steps (synchronised on a GPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def bench(
     arch: str,
     width: float,
@@ -102,7 +89,7 @@ def bench(
     rates: dict[str, list[float]] = {key: [] for key in keys}
     for _ in range(args.rounds):
         for key in keys:
-            rates[key].append(batch * args.steps / timed(steps[key], args.steps, device))
+            rates[key].append(batch * args.steps / time_steps(steps[key], args.steps, device))
     ratios = {
         f"{key}/plain": round(
             statistics.median(a / b for a, b in zip(rates[key], rates["plain"], strict=True)), 3
@@ -183,14 +170,7 @@ def main() -> None:
                     row = bench(arch, width, batch, mode == "compile", device, args)
                     results.append(row)
                     print(json.dumps(row), flush=True)
-    report = {
-        "environment": environment(device),
-        "command": " ".join(["python", *sys.argv]),
-        "results": results,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(results, environment(device), args.out)
 
 
 if __name__ == "__main__":
