@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from gcnn.data.datasets import DATASETS, load_dataset
 from gcnn.errors import UsageError
 from gcnn.models import get_builder, is_flip_arch
+from gcnn.nn.isotypic import CONV_PATHS
 from gcnn.runs import read_recipe
 from gcnn.train.config import REGIMES, TrainConfig
 from gcnn.train.distributed import init_distributed
@@ -89,6 +90,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add(g, "--no-amp", "no bf16 autocast", dest="amp", action="store_false")
     add(g, "--no-channels-last", "", dest="channels_last", action="store_false")
     add(g, "--compile", "torch.compile the model", action="store_true")
+    add(
+        g,
+        "--conv-path",
+        "how flip convs compute: auto (per layer), isotypic (s/d basis, "
+        "half the multiply-adds) or regular (F.conv2d on the full weight)",
+        choices=CONV_PATHS,
+    )
     add(g, "--device", "default: cuda if available, else cpu")
     add(g, "--eval-every", "epochs; 0 = end only", type=int)
     add(g, "--checkpoint-every", "also save the resumable state every N steps (0: per epoch)",

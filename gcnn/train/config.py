@@ -7,14 +7,18 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from gcnn.errors import UsageError
+from gcnn.nn.isotypic import CONV_PATHS
 
 REGIMES: tuple[str, ...] = ("cnn", "cnn+inv", "gcnn")
 
 #: Settings that may change between a run and its resumption: they change neither the weights
 #: nor the data (``data_root`` is compared through the data identity, the folder it resolves to).
 RESUMABLE_CHANGES = frozenset(
-    {"device", "compile", "workers", "eval_every", "checkpoint_every", "download", "data_root"}
-)
+    {
+        "device", "compile", "conv_path", "workers", "eval_every", "checkpoint_every",
+        "download", "data_root",
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -56,6 +60,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     compile: bool = False
+    # how FlipConv2d computes (gcnn.nn.set_conv_path): "auto", "isotypic" or "regular"; the
+    # same function and free weights on every path, so a run may resume on another one
+    conv_path: str = "auto"
     eval_every: int = 1  # epochs; 0 = only at the end
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
     device: str | None = None  # None: cuda if available, else cpu
@@ -67,6 +74,10 @@ class TrainConfig:
             )
         if self.inv_target not in ("logits", "features"):
             raise UsageError(f"--inv-target must be logits or features, not {self.inv_target!r}")
+        if self.conv_path not in CONV_PATHS:
+            raise UsageError(
+                f"--conv-path must be one of {', '.join(CONV_PATHS)}, not {self.conv_path!r}"
+            )
         rules = {  # field: (valid, rule)
             "epochs": (self.epochs >= 1, "≥ 1"),
             "batch_size": (self.batch_size >= 1, "≥ 1"),

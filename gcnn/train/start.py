@@ -16,6 +16,7 @@ from gcnn.data.imagefolder import ImageFolderData
 from gcnn.data.loaders import DeviceLoader, StreamLoader
 from gcnn.errors import UsageError
 from gcnn.models import create_model
+from gcnn.nn import FlipConv2d, set_conv_path
 from gcnn.runs import RunPaths, data_identity
 from gcnn.train.config import TrainConfig
 from gcnn.train.distributed import DistContext
@@ -46,7 +47,24 @@ def build_model(cfg: TrainConfig, data: Dataset, seed: int) -> tuple[nn.Module, 
             f"{cfg.arch} does not accept {kwargs}: {err} (check --arch-kwarg / --width)"
         ) from err
     check_regime(cfg.regime, cfg.arch, model)
+    apply_conv_path(model, cfg.conv_path, cfg.arch)
     return model, kwargs
+
+
+def apply_conv_path(model: nn.Module, path: str, arch: str) -> None:
+    """Put every :class:`~gcnn.nn.FlipConv2d` of ``model`` on ``path`` (``"auto"``: leave
+    the per-layer default). A forced path on a model without flip convs is a usage error."""
+    if path == "auto":
+        return
+    if not any(isinstance(m, FlipConv2d) for m in model.modules()):
+        raise UsageError(
+            f"--conv-path {path} chooses how flip convs compute, and {arch} has none "
+            "(use a flip architecture, e.g. vgg11_flip)"
+        )
+    try:
+        set_conv_path(model, path)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise UsageError(f"--conv-path {path}: {err}") from err
 
 
 def make_loader(
