@@ -107,3 +107,39 @@ def test_odd_channels_are_rejected() -> None:
         FlipBatchNorm2d(3)
     with pytest.raises(ValueError, match="expected 4 channels"):
         FlipBatchNorm2d(4)(torch.randn(2, 6, 3, 3))
+
+
+def _autograd_nodes(t: torch.Tensor) -> set[str]:
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack += [n for n, _ in node.next_functions]
+    return {type(n).__name__ for n in seen}
+
+
+@given(shapes, st.booleans())
+def test_inplace_relu_after_batchnorm_gives_the_right_gradients(shape, channels_last) -> None:
+    """Models apply ``ReLU(inplace=True)`` to the output: gradients must equal the
+    out-of-place ReLU's, and the output must not be an autograd view (an in-place op on a
+    view adds a ``CopySlices`` node, two extra passes over the gradient). Negative control:
+    the same in-place ReLU on a view of BatchNorm3d's output does add ``CopySlices``."""
+    b, pairs, h, w = shape
+    bn = randomised(FlipBatchNorm2d(2 * pairs)).train()
+    x = torch.randn(b, 2 * pairs, h, w)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grads = []
+    for inplace in (True, False):
+        xi = x.clone().requires_grad_()
+        y = bn(xi)
+        y = torch.relu_(y) if inplace else torch.relu(y)
+        if inplace:
+            assert "CopySlices" not in _autograd_nodes(y)
+        y.backward(torch.ones_like(y))
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    xr = x.clone().requires_grad_()
+    assert "CopySlices" in _autograd_nodes(torch.relu_(reference_pair_batchnorm(bn, xr)))
