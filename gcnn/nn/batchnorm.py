@@ -94,8 +94,10 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm, FlipModule):
         running statistics are updated in place)."""
         running = not self.training or self.track_running_stats
 
+        whole = part == slice(None)
+
         def view(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[part]
+            return t if t is None or whole else t[part]
 
         return F.batch_norm(
             x,

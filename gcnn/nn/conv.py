@@ -154,9 +154,17 @@ class FlipConv2d(FlipModule):
             return False
         if self.path == "isotypic":
             return True
-        if unsupported_reason(self.fields, self._in_fields, self.groups) is not None:
-            return False
-        return prefers_isotypic(self._plan())
+        return self._auto_isotypic()
+
+    def _auto_isotypic(self) -> bool:
+        """The ``"auto"`` rule's answer for this conv (cached: hyper-parameters are fixed
+        after construction, and the rule reads nothing else)."""
+        cached = self.__dict__.get("_auto_isotypic_cache")
+        if cached is None:
+            supported = unsupported_reason(self.fields, self._in_fields, self.groups) is None
+            cached = supported and prefers_isotypic(self._plan())
+            self.__dict__["_auto_isotypic_cache"] = cached
+        return cached
 
     @property
     def in_fields(self) -> Fields:
@@ -206,6 +214,12 @@ class FlipConv2d(FlipModule):
         return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)
 
     def _plan(self) -> IsotypicPlan:
+        cached = self.__dict__.get("_plan_cache")
+        if cached is None:
+            cached = self.__dict__["_plan_cache"] = self._build_plan()
+        return cached
+
+    def _build_plan(self) -> IsotypicPlan:
         return plan_for(
             self.fields, self._in_fields, self.groups, self.kernel_size, self.stride,
             self.padding, self.dilation, self.padding_mode,
