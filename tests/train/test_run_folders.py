@@ -202,7 +202,8 @@ def test_config_repeats_a_run_from_its_sidecar_or_recipe(tmp_path: Path) -> None
 
 def test_committed_recipes_and_sidecars_give_their_runs_settings() -> None:
     """``--config`` reads the committed recipes (older form: the gcnn train arguments) and
-    sidecars; a sidecar gives the run's config exactly."""
+    sidecars; a sidecar gives the run's config exactly, and settings added after it was
+    written take their defaults."""
     from gcnn.commands.train import _recipe
 
     folders = sorted(p.parent for p in (ROOT / "models").glob("*/recipe.json"))
@@ -210,7 +211,10 @@ def test_committed_recipes_and_sidecars_give_their_runs_settings() -> None:
     for folder in folders:
         sidecar = json.loads((folder / "model.json").read_text())
         config, seeds = _recipe(str(folder / "model.json"))
-        assert TrainConfig.from_dict(config).to_dict() == sidecar["config"], folder
+        restored = TrainConfig.from_dict(config).to_dict()
+        assert {k: restored[k] for k in sidecar["config"]} == sidecar["config"], folder
+        newer = set(restored) - set(sidecar["config"])
+        assert all(restored[k] == getattr(TrainConfig(), k) for k in newer), folder
         assert seeds == str(sidecar["seed"])
         config, seeds = _recipe(str(folder / "recipe.json"))
         keys = ("arch", "regime", "arch_kwargs", "epochs", "lr", "batch_size", "train_subset")
