@@ -140,6 +140,8 @@ class Study:
         ]  # fmt: skip
         if p.train_subset is not None:
             argv += ["--train-subset", str(p.train_subset)]
+        if self.args.conv_path is not None and arch_of(regime).endswith("_flip"):
+            argv += ["--conv-path", self.args.conv_path]  # plain nets have no flip convs
         return argv + self.data_root
 
     def train(self) -> None:
@@ -240,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cwd", help="working directory of the gcnn calls")
     p.add_argument("--jobs", type=int, default=1, help="gcnn calls run at once (GPU: 6–8)")
     p.add_argument("--data-root", help="folder with the Fashion-MNIST .gz files")
+    p.add_argument(
+        "--conv-path",
+        choices=("auto", "isotypic", "regular"),
+        help="gcnn train --conv-path for the flip nets (default: gcnn train's own, auto); "
+        "'regular' keeps the arithmetic of nets trained before the isotypic path existed",
+    )
     args = p.parse_args(argv)
     args.out = str(Path(args.out).resolve())
     study = Study(args)

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -116,3 +117,19 @@ def test_tiny_study_trains_checks_compares_and_summarizes_and_resumes(tmp_path) 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if "summary" not in p.parts}
     assert study.main([*argv, "--phases", "train", "check", "compare"]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+@pytest.mark.parametrize("conv_path", ["regular", None])
+def test_study_forwards_conv_path_to_the_flip_nets_only(tmp_path, monkeypatch, conv_path) -> None:
+    study = _study()
+    studies = []  # the Study that main builds from the command line, caught before training
+    monkeypatch.setattr(study.Study, "train", lambda self: studies.append(self))
+    flags = ["--preset", "tiny", "--out", str(tmp_path), "--phases", "train"]
+    assert study.main(flags + (["--conv-path", conv_path] if conv_path else [])) == 0
+    gcnn_argv = studies[0].train_argv(0.125, "gcnn", 0, 1, tmp_path)
+    cnn_argv = studies[0].train_argv(0.125, "cnn+inv", 0, 1, tmp_path)
+    assert "--conv-path" not in cnn_argv  # forcing a path on a plain net is a usage error
+    if conv_path:
+        assert gcnn_argv[gcnn_argv.index("--conv-path") + 1] == conv_path
+    else:
+        assert "--conv-path" not in gcnn_argv
