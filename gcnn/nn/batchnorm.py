@@ -123,15 +123,15 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm, FlipModule):
         else:
             pairs = x.contiguous().view(b, c // 2, 2 * h, w)
         y = self._batch_norm(pairs, part, factor, use_batch_stats)
-        if channels_last and not pair_view:
-            return y.view(b, c, h, w).contiguous(memory_format=torch.channels_last)
-        out = y.view(b, h, w, c).permute(0, 3, 1, 2) if pair_view else y
+        out = y.view(b, h, w, c).permute(0, 3, 1, 2) if pair_view else y.view(b, c, h, w)
         # A fresh tensor for autograd, not a view: models apply in-place ops to BatchNorm's
         # output (``ReLU(inplace=True)``, ``out += identity``), and on a view autograd would
         # rebase the history through ``CopySlices``, which costs two extra passes over the
         # gradient in the backward (≈ 1.7× this layer's forward + backward, measured on CPU).
         # Safe because batch_norm's backward does not read its output.
-        return torch.ops.aten._unsafe_view(out, (b, c, h, w))
+        out = torch.ops.aten._unsafe_view(out, (b, c, h, w))
+        # channels-last in, channels-last out (a no-op for the pair view, a copy on CPU)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     @torch.no_grad()
     def export(self) -> nn.BatchNorm2d:

@@ -158,7 +158,9 @@ class FlipConv2d(FlipModule):
 
     def _auto_isotypic(self) -> bool:
         """The ``"auto"`` rule's answer for this conv (cached: hyper-parameters are fixed
-        after construction, and the rule reads nothing else)."""
+        after construction, and the rule reads nothing else). Cached by hand in ``__dict__``,
+        not with ``functools.cached_property``: on Python 3.11 its ``__get__`` takes an
+        ``RLock``, which ``torch.compile`` cannot trace (tests/nn/test_isotypic.py fails)."""
         cached = self.__dict__.get("_auto_isotypic_cache")
         if cached is None:
             supported = unsupported_reason(self.fields, self._in_fields, self.groups) is None
@@ -214,6 +216,7 @@ class FlipConv2d(FlipModule):
         return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)
 
     def _plan(self) -> IsotypicPlan:
+        """How the isotypic path runs this conv (cached as :meth:`_auto_isotypic` is)."""
         cached = self.__dict__.get("_plan_cache")
         if cached is None:
             cached = self.__dict__["_plan_cache"] = self._build_plan()
