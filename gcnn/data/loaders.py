@@ -47,6 +47,18 @@ def random_crop_flip(x: Tensor, shifts: Tensor, flips: Tensor, pad: int) -> Tens
     return torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def model_input(
+    x: Tensor, mean: tuple[float, ...], std: tuple[float, ...], memory_format: torch.memory_format
+) -> Tensor:
+    """uint8 ``(B, C, H, W)`` → normalised float32 with the standard strides of ``memory_format``.
+
+    A clone, not ``.contiguous()``: the crop's gather leaves channels-last strides, and for a
+    1-channel batch those count as contiguous in *both* formats, so ``.contiguous()`` keeps them
+    — and a conv given them answers channels-last all the way up the net.
+    """
+    return to_float(x, mean, std).clone(memory_format=memory_format)
+
+
 class DeviceLoader:
     """Training batches from uint8 images that live on ``device``; augmentation on the device.
 
@@ -108,7 +120,7 @@ class DeviceLoader:
                 flips[shard].to(self.device),
                 self.crop_pad,
             )
-            x = to_float(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
+            x = model_input(x, self.mean, self.std, self.memory_format)
             yield x, self.y[idx_d]
 
 
@@ -156,7 +168,7 @@ class StreamLoader:
         self.sampler.set_epoch(epoch)
         for x, y in itertools.islice(self.loader, start, None):
             x = x.to(self.device, non_blocking=True)
-            x = to_float(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
+            x = model_input(x, self.mean, self.std, self.memory_format)
             yield x, y.to(self.device, non_blocking=True)
 
 

@@ -91,3 +91,24 @@ def test_flip_augmentation_flips_about_half_and_can_be_switched_off() -> None:
                 flipped += int(not torch.equal(img, norm[match[0]]))
                 total += 1
         assert lo <= flipped / total <= hi
+
+
+def _standard_strides(shape: torch.Size, memory_format: torch.memory_format) -> tuple[int, ...]:
+    return torch.empty(shape, memory_format=memory_format).stride()
+
+
+def test_batches_have_the_requested_layout_even_with_one_channel() -> None:
+    """A 1-channel batch is 'contiguous' in both formats, so only its strides tell them apart:
+    the first conv follows the strides (channels-last in → channels-last activations)."""
+    data = load_sample_dataset("fashion-mnist")
+    cpu = torch.device("cpu")
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x, _ = next(DeviceLoader(data, 8, cpu, seed=0, memory_format=fmt).epoch(0))
+        assert x.shape[1] == 1 and x.stride() == _standard_strides(x.shape, fmt), fmt
+        conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        channels_last_out = conv(x).is_contiguous(memory_format=torch.channels_last)
+        assert channels_last_out == (fmt == torch.channels_last)
+    # negative control: the crop's own output is channels-last strided, which .contiguous() keeps
+    shifts, flips = torch.zeros(8, 2, dtype=torch.long), torch.zeros(8, dtype=torch.bool)
+    gathered = random_crop_flip(data.train_x[:8], shifts, flips, 4).contiguous()
+    assert gathered.stride() != _standard_strides(gathered.shape, torch.contiguous_format)
