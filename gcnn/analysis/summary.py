@@ -185,6 +185,11 @@ def paired_rows(reports: Sequence[Report]) -> list[dict]:
     two nets is harder than merging each with its flipped self. Pairing removes the spread
     between nets that both barriers share; disjoint pairs make the Δs independent, so the
     interval is over pairs. ``compare_larger`` counts pairs with ``Δ > 0``.
+
+    When pairs of a regime come from more than one width, a row with ``width = "all"`` pools
+    them: the question "is the flip merge easier?" does not depend on the width, and the pairs
+    stay independent, so pooling narrows the interval (it averages Δ over the widths run, each
+    weighted by its number of pairs).
     """
     flips = {_weights(r.data.get("model_source")): r for r in reports if r.kind == "flip"}
     groups: dict[tuple[str, float, str], list[float]] = defaultdict(list)
@@ -201,22 +206,31 @@ def paired_rows(reports: Sequence[Report]) -> list[dict]:
             if barrier.get("accuracy") is None or None in pair:
                 continue
             groups[(r.regime, r.width, m)].append(barrier["accuracy"] - sum(pair) / 2)
-    rows = []
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    for (regime, width, m), deltas in sorted(
-        groups.items(), key=lambda kv: (*kv[0][:2], order[kv[0][2]])
-    ):
-        rows.append(
-            {
-                "regime": regime,
-                "width": width,
-                "method": m,
-                "pairs": len(deltas),
-                "two_net_minus_flip": Estimate.of(deltas),
-                "compare_larger": sum(d > 0 for d in deltas),
-            }
+    rows = []
+    for regime in sorted({key[0] for key in groups}):
+        mine = sorted(
+            (key for key in groups if key[0] == regime), key=lambda k: (k[1], order[k[2]])
         )
+        rows += [_paired_row(regime, width, m, groups[(regime, width, m)]) for _, width, m in mine]
+        if len({width for _, width, _ in mine}) > 1:
+            for m in sorted({m for _, _, m in mine}, key=order.__getitem__):
+                pooled = [
+                    d for _, width, mm in mine if mm == m for d in groups[(regime, width, mm)]
+                ]
+                rows.append(_paired_row(regime, "all", m, pooled))
     return rows
+
+
+def _paired_row(regime: str, width: float | str, method: str, deltas: list[float]) -> dict:
+    return {
+        "regime": regime,
+        "width": width,
+        "method": method,
+        "pairs": len(deltas),
+        "two_net_minus_flip": Estimate.of(deltas),
+        "compare_larger": sum(d > 0 for d in deltas),
+    }
 
 
 LAYER_FIELDS = (
