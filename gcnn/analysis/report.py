@@ -22,6 +22,7 @@ import textwrap
 from pathlib import Path
 
 from gcnn.analysis.check import CheckReport, LayerReport
+from gcnn.provenance import code_provenance
 
 METHOD_LABELS = {
     "interpolate": "plain",
@@ -279,7 +280,8 @@ def write_report(report: CheckReport, out: str | Path) -> list[Path]:
     """Write ``report.json``, ``permutations.json``, ``report.md`` and the plots into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(report.to_json()), indent=2, allow_nan=False)
+    data = {**report.to_json(), "code": code_provenance()}
+    text = json.dumps(_finite(data), indent=2, allow_nan=False)
     (out / "report.json").write_text(text + "\n")
     (out / "permutations.json").write_text(json.dumps(report.permutations) + "\n")
     (out / "report.md").write_text(markdown(report))

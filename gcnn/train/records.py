@@ -15,6 +15,7 @@ import torch
 import gcnn
 from gcnn.checkpoint import save_weights
 from gcnn.errors import TrainingCollapsed, TrainingDiverged
+from gcnn.provenance import code_provenance
 from gcnn.runs import build_sidecar, write_json, write_jsonl
 from gcnn.train.distributed import all_reduce_sum, average_buffers, barrier, ranks_agree
 from gcnn.train.evaluate import evaluate
@@ -134,7 +135,7 @@ def finish_run(run: Run) -> dict[str, Any]:
             "train_time_s": run.train_time, "gcnn_version": gcnn.__version__,
             "torch_version": torch.__version__, "device": device_name(ctx.device),
             "world_size": ctx.world_size, "torch_threads": torch.get_num_threads(),
-            "ranks_identical": identical,
+            "ranks_identical": identical, "code": code_provenance(),
         },
     )  # fmt: skip
     if ctx.is_main:

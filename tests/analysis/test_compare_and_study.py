@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 import gcnn
 from gcnn.analysis.graph import analyse_graph, permute_model, random_permutations
 from gcnn.cli import main
+from gcnn.provenance import code_provenance
 
 ROOT = Path(__file__).resolve().parents[2]
 CNN = ROOT / "models" / "vgg11-w025-fmnist-cnn" / "model.safetensors"
@@ -87,6 +88,12 @@ def test_tiny_study_trains_checks_compares_and_summarizes_and_resumes(tmp_path) 
     assert study.main(argv) == 0
     weights = sorted(out.glob("runs/w0.125/*/seed*/model.safetensors"))
     assert len(weights) == 6  # 3 regimes × 2 seeds
+    # every sidecar and report names the code that wrote it
+    records = [*out.glob("runs/*/*/seed*/model.json"), *out.glob("c*/*/*/*/report.json")]
+    assert len(records) == 6 + 6 + 3
+    assert {json.loads(p.read_text())["code"]["commit"] for p in records} == {
+        code_provenance()["commit"]
+    }
     assert len(list(out.glob("checks/w0.125/*/seed*/report.json"))) == 6
     compares = list(out.glob("compares/w0.125/*/seed0-seed1/report.json"))
     assert len(compares) == 3 and all(json.loads(p.read_text())["kind"] == "compare"
