@@ -32,11 +32,14 @@ def code_provenance() -> dict[str, object]:
     """``{"gcnn", "commit", "modified", "torch", "python"}`` of this process.
 
     ``commit``: the git commit of the checkout the ``gcnn`` package was imported from (``None``
-    when it is not a git checkout, e.g. an installed wheel); ``modified``: whether tracked files
+    when the package is not tracked by a git checkout, e.g. an installed wheel, even one inside
+    another repository); ``modified``: whether tracked files
     under the package differ from that commit (``None`` without a commit) — a ``true`` means
     the numbers came from uncommitted code.
     """
-    head = _git("rev-parse", "HEAD")
+    # the package itself must be tracked: an installed copy can sit inside someone's repo
+    tracked = _git("ls-files", "--error-unmatch", "__init__.py")
+    head = _git("rev-parse", "HEAD") if tracked is not None and tracked.returncode == 0 else None
     commit = head.stdout.strip() if head is not None and head.returncode == 0 else None
     modified = None
     if commit is not None:
