@@ -33,9 +33,8 @@ def code_provenance() -> dict[str, object]:
 
     ``commit``: the git commit of the checkout the ``gcnn`` package was imported from (``None``
     when the package is not tracked by a git checkout, e.g. an installed wheel, even one inside
-    another repository); ``modified``: whether tracked files
-    under the package differ from that commit (``None`` without a commit) — a ``true`` means
-    the numbers came from uncommitted code.
+    another repository); ``modified``: whether tracked files under the package differ from that
+    commit (``None`` without a commit) — a ``true`` means the numbers came from uncommitted code.
     """
     # the package itself must be tracked: an installed copy can sit inside someone's repo
     tracked = _git("ls-files", "--error-unmatch", "__init__.py")
