@@ -27,10 +27,12 @@ from gcnn.nn.isotypic import (
     check_conv_path,
     isotypic_conv2d,
     plan_for,
+    prefers_gemm,
     prefers_isotypic,
     regular_conv2d_eager,
     unsupported_reason,
 )
+from gcnn.nn.isotypic_gemm import regular_conv2d_gemm
 from gcnn.nn.module import FlipModule
 
 #: Free-weight block (see :mod:`gcnn.nn.expansion`) → parameter name, when it is not the first
@@ -231,7 +233,8 @@ class FlipConv2d(FlipModule):
     def _isotypic_forward(self, x: Tensor) -> Tensor:
         plan = self._plan()
         if plan.eager_pairs and not torch.compiler.is_compiling():
-            return regular_conv2d_eager(x, self.weight, self.bias, plan)
+            kernel = regular_conv2d_gemm if prefers_gemm(plan) else regular_conv2d_eager
+            return kernel(x, self.weight, self.bias, plan)
         return isotypic_conv2d(x, self.free_weights(), self.bias, plan, self._in_fields)
 
     def _factory(self) -> dict[str, Any]:

@@ -93,28 +93,48 @@ class IsotypicPlan:
         return self.fused and not self.depthwise_pairs
 
 
-#: ``"auto"`` takes the isotypic path from this many multiply-adds per output pixel of the
-#: plain conv (``c_in/groups · c_out · kh · kw``), measured on a 2-core x86 CPU (fp32, batch
-#: 32 and 128, benchmarks/README.md): 3×3 convs from 128→256 channels up win (1.04–1.35×),
-#: smaller ones lose (0.4–0.9×: the basis changes are memory-bound and cost per channel,
-#: the saving per channel pair).
+#: ``"auto"`` takes the isotypic path for convs with a ≥ 3 wide kernel from this many
+#: multiply-adds per output pixel of the plain conv (``c_in/groups · c_out · kh · kw``),
+#: measured on a 2-core x86 CPU (fp32, batch 32 and 128, forward + backward,
+#: benchmarks/README.md): 3×3 convs from 128→256 channels up win (1.1–1.7×); smaller ones
+#: lose (0.45–0.98× at 16–128 channels: the basis changes are memory-bound and cost per
+#: channel, the saving per channel pair).
 AUTO_MIN_MACS = 2**18
-#: Strided 1×1 convs win from this size: the s/d pass takes every ``stride``-th row and
-#: column first, so the conv reads a quarter of the input (1.7× at 256→512, stride 2).
-AUTO_MIN_MACS_STRIDED_1X1 = 2**17
+#: 1×1 convs take the isotypic path (as one GEMM) from this many multiply-adds per pixel:
+#: 1.06–2.1× from 64→256 / 128→128 up, 2.5–5.4× strided; 0.74–0.89× at 64→64 and 128→32.
+AUTO_MIN_MACS_1X1 = 2**14
+#: From this many multiply-adds per pixel a ≥ 3 wide kernel runs as one GEMM on its full
+#: im2col (:mod:`gcnn.nn.isotypic_gemm`) rather than as a ``kh × 1`` conv on the width-stacked
+#: input: at 256→512 and 512→512 (3×3) the GEMM is 1.4–1.7× the regular path, the
+#: ``kh × 1`` conv 1.2–1.35×; at 256→256 and below the GEMM's 9× im2col costs more than it
+#: saves (0.9–1.15× against 1.2–1.4×).
+GEMM_MIN_MACS = 2**20
+
+
+def _macs_per_pixel(plan: IsotypicPlan) -> int:
+    kh, kw = plan.kernel_size
+    return plan.fields.local_in.channels * plan.fields.out.channels * plan.groups * kh * kw
 
 
 def prefers_isotypic(plan: IsotypicPlan) -> bool:
-    """The ``"auto"`` rule (no timing at run time): regular → regular convs (not depthwise)
-    with a ≥ 3 wide kernel and at least :data:`AUTO_MIN_MACS` multiply-adds per output pixel,
-    or 1×1 kernels with a stride > 1 and at least :data:`AUTO_MIN_MACS_STRIDED_1X1`."""
+    """The ``"auto"`` rule (no timing at run time): regular → regular convs (not depthwise),
+    1×1 kernels with at least :data:`AUTO_MIN_MACS_1X1` multiply-adds per output pixel and
+    ≥ 3 wide kernels with at least :data:`AUTO_MIN_MACS`."""
     if not plan.eager_pairs:
         return False
     kh, kw = plan.kernel_size
-    macs = plan.fields.local_in.channels * plan.fields.out.channels * plan.groups * kh * kw
-    if kh == kw == 1 and plan.stride != (1, 1):
-        return macs >= AUTO_MIN_MACS_STRIDED_1X1
-    return kw >= 3 and macs >= AUTO_MIN_MACS
+    if kh == kw == 1:
+        return _macs_per_pixel(plan) >= AUTO_MIN_MACS_1X1
+    return kw >= 3 and _macs_per_pixel(plan) >= AUTO_MIN_MACS
+
+
+def prefers_gemm(plan: IsotypicPlan) -> bool:
+    """Which eager kernel runs a regular → regular conv on the isotypic path: one GEMM
+    (:func:`gcnn.nn.isotypic_gemm.regular_conv2d_gemm`) for 1×1 kernels and from
+    :data:`GEMM_MIN_MACS` multiply-adds per pixel, else the ``kh × 1`` conv of
+    :func:`regular_conv2d_eager`."""
+    kh, kw = plan.kernel_size
+    return kh == kw == 1 or _macs_per_pixel(plan) >= GEMM_MIN_MACS
 
 
 def resolve_padding(

@@ -20,7 +20,14 @@ from torch import nn
 import gcnn
 from gcnn.exactness import FlipExactnessWarning
 from gcnn.nn import Fields, FlipConv2d, set_conv_path
-from gcnn.nn.isotypic import isotypic_conv2d, plan_for, prefers_isotypic
+from gcnn.nn.isotypic import (
+    isotypic_conv2d,
+    plan_for,
+    prefers_gemm,
+    prefers_isotypic,
+    regular_conv2d_eager,
+)
+from gcnn.nn.isotypic_gemm import BATCH_MINOR_MAX_PIXELS, _Im2colGeometry, regular_conv2d_gemm
 from tests.nn.field_cases import layouts
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
@@ -133,6 +140,64 @@ def test_the_compilable_formulation_equals_the_regular_path(case: Case) -> None:
     torch.testing.assert_close(got, conv(x), rtol=tol, atol=tol)
 
 
+EAGER_KERNELS = {"kh x 1 conv": regular_conv2d_eager, "gemm": regular_conv2d_gemm}
+
+
+@st.composite
+def pair_cases(draw: st.DrawFn) -> Case:
+    """Regular → regular convs (dense or grouped), the layouts both eager kernels run; sizes
+    up to 16×16 so that windowed GEMM convs take both pixel orders (batch-minor up to
+    :data:`BATCH_MINOR_MAX_PIXELS` output pixels)."""
+    case = draw(cases())
+    pairs_in, pairs_out = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2]))
+    return Case(
+        Fields(regular=groups * pairs_in), Fields(regular=groups * pairs_out), groups,
+        case.kernel, case.stride, case.padding, case.dilation, case.padding_mode, case.bias,
+        case.height + draw(st.integers(0, 10)), case.width + draw(st.integers(0, 10)), case.dtype,
+    )  # fmt: skip
+
+
+@FAST
+@given(pair_cases(), st.sampled_from(sorted(EAGER_KERNELS)))
+def test_both_eager_kernels_equal_the_regular_path(case: Case, kernel: str) -> None:
+    """The ``kh × 1`` conv and the GEMM kernel, each on every regular → regular conv (the
+    ``"auto"`` rule picks one by size), with gradients w.r.t. the input and every parameter."""
+    conv = case.build()
+    x = case.input()
+    conv.set_path("regular")
+    y = conv(x)
+    g = torch.randn_like(y)
+    expected = outputs_and_grads(conv, x, g)
+    got = EAGER_KERNELS[kernel](x, conv.weight, conv.bias, conv._plan())
+    got = [got.detach(), *torch.autograd.grad(got, [x, *conv.parameters()], g)]
+    tol = TOL[case.dtype]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("size", [6, 12])  # 36 and 144 output pixels
+def test_the_gemm_kernel_in_both_pixel_orders(size: int) -> None:
+    """A padded 3×3 conv runs batch-minor at 6×6 and batch-major at 12×12; both equal the
+    regular path. Negative control: the same kernel on a non-equivariant plain filter (its
+    free weights read off) differs from that filter's conv."""
+    torch.manual_seed(0)
+    conv = FlipConv2d(8, 6, 3, padding=1).double()
+    x = torch.randn(3, 8, size, size, dtype=torch.float64)
+    geometry = _Im2colGeometry(x.shape, conv._plan())
+    assert geometry.batch_minor == (size * size <= BATCH_MINOR_MAX_PIXELS)
+    with torch.no_grad():
+        got = regular_conv2d_gemm(x, conv.weight, conv.bias, conv._plan())
+        conv.set_path("regular")
+        torch.testing.assert_close(got, conv(x), rtol=1e-11, atol=1e-11)
+        plain = nn.init.normal_(conv.export().weight)
+        forced = FlipConv2d.from_conv(conv.export(), "regular", "regular").double()
+        forced.set_full_weight(plain)
+        wrong = regular_conv2d_gemm(x, forced.weight, forced.bias, forced._plan())
+        reference = torch.nn.functional.conv2d(x, plain, conv.full_bias(), padding=1)
+        assert (wrong - reference).abs().max() > 1e-3
+
+
 @settings(max_examples=15, deadline=None)
 @given(cases())
 def test_a_non_equivariant_filter_does_not_survive_the_decomposition(case: Case) -> None:
@@ -223,7 +288,11 @@ def test_auto_rule_and_tools_see_the_regular_path() -> None:
     x = torch.zeros(1, 256, 6, 6)
     assert big.runs_isotypic(x) and not small.runs_isotypic(torch.zeros(1, 32, 6, 6))
     assert FlipConv2d(256, 512, 1, stride=2).runs_isotypic(x)
-    assert not FlipConv2d(256, 512, 1).runs_isotypic(x)
+    assert FlipConv2d(256, 512, 1).runs_isotypic(x)  # 1×1 from 2^14 multiply-adds per pixel
+    assert not FlipConv2d(64, 64, 1).runs_isotypic(torch.zeros(1, 64, 6, 6))
+    assert prefers_gemm(FlipConv2d(256, 512, 1)._plan())
+    assert prefers_gemm(FlipConv2d(512, 512, 3)._plan())
+    assert not prefers_gemm(big._plan())  # 256 → 256 3×3 runs as the kh × 1 conv
     assert not FlipConv2d(3, 256, 3, in_type="trivial").runs_isotypic(torch.zeros(1, 3, 6, 6))
     assert not big.runs_isotypic(x.to("meta"))  # the exactness tracer follows the plain conv
 
