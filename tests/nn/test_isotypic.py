@@ -27,7 +27,12 @@ from gcnn.nn.isotypic import (
     prefers_isotypic,
     regular_conv2d_eager,
 )
-from gcnn.nn.isotypic_gemm import BATCH_MINOR_MAX_PIXELS, _Im2colGeometry, regular_conv2d_gemm
+from gcnn.nn.isotypic_gemm import (
+    BATCH_MINOR_MAX_PIXELS,
+    _Im2colGeometry,
+    regular_conv2d_gemm,
+    regular_conv2d_gemm_traceable,
+)
 from tests.nn.field_cases import layouts
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
@@ -140,7 +145,13 @@ def test_the_compilable_formulation_equals_the_regular_path(case: Case) -> None:
     torch.testing.assert_close(got, conv(x), rtol=tol, atol=tol)
 
 
-EAGER_KERNELS = {"kh x 1 conv": regular_conv2d_eager, "gemm": regular_conv2d_gemm}
+#: The regular → regular kernels: hand-scheduled (eager) and the plain-op GEMM that
+#: ``torch.compile`` traces.
+EAGER_KERNELS = {
+    "kh x 1 conv": regular_conv2d_eager,
+    "gemm": regular_conv2d_gemm,
+    "gemm, plain ops": regular_conv2d_gemm_traceable,
+}
 
 
 @st.composite
@@ -161,7 +172,7 @@ def pair_cases(draw: st.DrawFn) -> Case:
 @FAST
 @given(pair_cases(), st.sampled_from(sorted(EAGER_KERNELS)))
 def test_both_eager_kernels_equal_the_regular_path(case: Case, kernel: str) -> None:
-    """The ``kh × 1`` conv and the GEMM kernel, each on every regular → regular conv (the
+    """The ``kh × 1`` conv and the GEMM kernels, each on every regular → regular conv (the
     ``"auto"`` rule picks one by size), with gradients w.r.t. the input and every parameter."""
     conv = case.build()
     x = case.input()
