@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from gcnn.errors import UsageError
 from gcnn.nn import FlipConv2d, set_conv_path
+from gcnn.nn import isotypic as isotypic_module
 from gcnn.train import DistContext, TrainConfig
 from gcnn.train.start import build_model, make_loader
 
@@ -39,12 +40,17 @@ def test_every_flip_conv_takes_the_forced_path(fmnist_small) -> None:
         assert convs and all(conv.path == path for conv in convs)
 
 
-def test_isotypic_training_drifts_from_float64_no_more_than_regular(fmnist_small) -> None:
+@pytest.mark.parametrize("kernel", ["kh x 1 conv", "gemm"])
+def test_isotypic_training_drifts_from_float64_no_more_than_regular(
+    fmnist_small, monkeypatch, kernel: str
+) -> None:
     """Training is chaotic: float32 rounding alone moves a net ≈ 2e-4 away from its float64
     twin in two steps (the first conv's weight gradient cancels heavily on F-MNIST's flat
     background, ≈ 1e-4 relative error on either path). So the isotypic path is held to the
     regular path's own drift from float64 on the same real batches, not to bit equality.
+    Each eager kernel in turn (the GEMM threshold moved so that it runs every pair conv).
     Negative control: the other seed's net is ≫ that far away."""
+    monkeypatch.setattr(isotypic_module, "GEMM_MIN_MACS", 0 if kernel == "gemm" else 2**62)
     data = fmnist_small.subset(200, 50)
     cfg = _config("regular")
     loader = make_loader(cfg, data, 0, DistContext(), torch.contiguous_format)
