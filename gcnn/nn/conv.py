@@ -32,7 +32,8 @@ from gcnn.nn.isotypic import (
     regular_conv2d_eager,
     unsupported_reason,
 )
-from gcnn.nn.isotypic_gemm import regular_conv2d_gemm, regular_conv2d_gemm_traceable
+from gcnn.nn.isotypic_gemm import regular_conv2d_gemm
+from gcnn.nn.isotypic_ops import COMPILED_GEMM_PASSES, COMPILED_STACKED_PASSES
 from gcnn.nn.module import FlipModule
 
 #: Free-weight block (see :mod:`gcnn.nn.expansion`) → parameter name, when it is not the first
@@ -232,12 +233,12 @@ class FlipConv2d(FlipModule):
 
     def _isotypic_forward(self, x: Tensor) -> Tensor:
         plan = self._plan()
-        if plan.eager_pairs and prefers_gemm(plan):
-            compiling = torch.compiler.is_compiling()
-            kernel = regular_conv2d_gemm_traceable if compiling else regular_conv2d_gemm
-            return kernel(x, self.weight, self.bias, plan)
-        if plan.eager_pairs and not torch.compiler.is_compiling():
-            return regular_conv2d_eager(x, self.weight, self.bias, plan)
+        if plan.eager_pairs:
+            kernel = regular_conv2d_gemm if prefers_gemm(plan) else regular_conv2d_eager
+            if not torch.compiler.is_compiling():
+                return kernel(x, self.weight, self.bias, plan)
+            compiled = COMPILED_GEMM_PASSES if prefers_gemm(plan) else COMPILED_STACKED_PASSES
+            return kernel(x, self.weight, self.bias, plan, compiled)
         return isotypic_conv2d(x, self.free_weights(), self.bias, plan, self._in_fields)
 
     def _factory(self) -> dict[str, Any]:

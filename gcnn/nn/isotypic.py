@@ -38,8 +38,9 @@ This is exact algebra (any input size, no exactness rule involved): the outputs 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -540,16 +541,35 @@ class _ToPairs(torch.autograd.Function):
         return out.view(b, c, h, w)
 
 
-def regular_conv2d_eager(x: Tensor, w: Tensor, bias: Tensor | None, plan: IsotypicPlan) -> Tensor:
+class StackedPasses(NamedTuple):
+    """The passes :func:`regular_conv2d_eager` runs around its ``kh × 1`` conv: autograd
+    Functions in eager mode (:data:`EAGER_STACKED_PASSES`), custom ops under ``torch.compile``
+    (:data:`gcnn.nn.isotypic_ops.COMPILED_STACKED_PASSES`)."""
+
+    weight: Callable[[Tensor], Tensor]
+    pieces: Callable[[Tensor, IsotypicPlan], Tensor]
+    to_pairs: Callable[[Tensor], Tensor]
+
+
+EAGER_STACKED_PASSES = StackedPasses(_PairWeight.apply, _PairPieces.apply, _ToPairs.apply)
+
+
+def regular_conv2d_eager(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    plan: IsotypicPlan,
+    passes: StackedPasses = EAGER_STACKED_PASSES,
+) -> Tensor:
     """The regular → regular flip conv in the s/d basis with hand-scheduled channels-first
     passes (:class:`_PairPieces`, one grouped ``kh × 1`` conv, :class:`_ToPairs`). ``w``: free
     pairs ``(r_out, 2·r_l, kh, kw)``, ``bias``: ``(r_out,)``. Output channels-first."""
     x, top = _pad_height(x, plan)
-    z = _PairPieces.apply(x, plan)
+    z = passes.pieces(x, plan)
     rows_taken = plan.kernel_size[0] == 1 and top == 0
     both = None if bias is None else torch.cat((bias, torch.zeros_like(bias)))
     y = F.conv2d(
-        z, _PairWeight.apply(w), both, stride=(1 if rows_taken else plan.stride[0], 1),
+        z, passes.weight(w), both, stride=(1 if rows_taken else plan.stride[0], 1),
         padding=(top, 0), dilation=(plan.dilation[0], 1), groups=2 * plan.groups,
     )  # fmt: skip
-    return _ToPairs.apply(y)
+    return passes.to_pairs(y)

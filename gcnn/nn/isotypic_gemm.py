@@ -26,7 +26,8 @@ backward is the adjoint map, written as the same passes in reverse.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -207,7 +208,31 @@ class _ParitiesToPairs(torch.autograd.Function):
         return storage.view(2 * ctx.groups, -1, geo.columns), None
 
 
-def regular_conv2d_gemm(x: Tensor, w: Tensor, bias: Tensor | None, plan: IsotypicPlan) -> Tensor:
+class GemmPasses(NamedTuple):
+    """The passes :func:`regular_conv2d_gemm` runs around its GEMM: autograd Functions in
+    eager mode (:data:`EAGER_GEMM_PASSES`), custom ops under ``torch.compile``
+    (:data:`gcnn.nn.isotypic_ops.COMPILED_GEMM_PASSES`). ``im2col(x, plan)`` → ``Z``;
+    ``to_pairs(Y, x_shape, plan)`` → the output pairs."""
+
+    weight: Callable[[Tensor], Tensor]
+    im2col: Callable[[Tensor, IsotypicPlan], Tensor]
+    to_pairs: Callable[[Tensor, torch.Size, IsotypicPlan], Tensor]
+
+
+EAGER_GEMM_PASSES = GemmPasses(
+    _PairWeight.apply,
+    lambda x, plan: _PairIm2col.apply(x, _Im2colGeometry(x.shape, plan)),
+    lambda y, x_shape, plan: _ParitiesToPairs.apply(y, _Im2colGeometry(x_shape, plan)),
+)
+
+
+def regular_conv2d_gemm(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    plan: IsotypicPlan,
+    passes: GemmPasses = EAGER_GEMM_PASSES,
+) -> Tensor:
     """The regular → regular flip conv of ``x`` ``(B, 2R, H, W)`` in the s/d basis as one
     batched GEMM. ``w``: free pairs ``(r_out, 2·r_l, kh, kw)``, ``bias``: ``(r_out,)``.
     Returns ``(B, 2·r_out, H', W')`` channels first, equal to ``F.conv2d`` with the full weight
@@ -215,62 +240,12 @@ def regular_conv2d_gemm(x: Tensor, w: Tensor, bias: Tensor | None, plan: Isotypi
     if plan.padding_mode != "zeros":
         top, bottom, left, right = plan.mode_padding
         x = F.pad(x, (left, right, top, bottom), mode=plan.padding_mode)
-    geo = _Im2colGeometry(x.shape, plan)
-    z = _PairIm2col.apply(x, geo)
+    z = passes.im2col(x, plan)
     r_out, groups = w.shape[0], plan.groups
-    weight = _PairWeight.apply(w).view(2 * groups, r_out // groups, -1)
+    weight = passes.weight(w).view(2 * groups, r_out // groups, -1)
     if bias is None:
         y = torch.bmm(weight, z)
     else:
         both = torch.cat((bias, torch.zeros_like(bias))).view(2 * groups, -1, 1)
         y = torch.baddbmm(both, weight, z)
-    return _ParitiesToPairs.apply(y, geo)
-
-
-def pair_weight_matrix(w: Tensor) -> Tensor:
-    """:class:`~gcnn.nn.isotypic._PairWeight` in plain differentiable ops (what
-    ``torch.compile`` traces): free pairs ``(r_out, 2·r_l, kh, kw)`` →
-    ``(2, r_out, P, r_l, kh)``."""
-    r_out, c_in, kh, kw = w.shape
-    pairs = w.view(r_out, c_in // 2, 2, kh, kw)
-    sums, diffs = pairs[:, :, 0] + pairs[:, :, 1], pairs[:, :, 0] - pairs[:, :, 1]
-    even, odd = [], []
-    for symmetric, c, c2 in _blocks(kw):
-        sign = 1 if symmetric else -1
-        e, o = (sums, diffs) if symmetric else (diffs, sums)
-        even.append(e[..., c] + sign * e[..., c2])
-        odd.append(o[..., c] + sign * o[..., c2])
-    return torch.stack((torch.stack(even, 1), torch.stack(odd, 1))) / 4
-
-
-def regular_conv2d_gemm_traceable(
-    x: Tensor, w: Tensor, bias: Tensor | None, plan: IsotypicPlan
-) -> Tensor:
-    """:func:`regular_conv2d_gemm` in plain differentiable ops, pixels ``(B, H, W)``: what
-    ``torch.compile`` traces (the compiler fuses the passes and writes their adjoints)."""
-    if plan.padding_mode != "zeros":
-        top, bottom, left, right = plan.mode_padding
-        x = F.pad(x, (left, right, top, bottom), mode=plan.padding_mode)
-    geo = _Im2colGeometry(x.shape, plan)
-    pairs = x.view(geo.batch, geo.pairs, 2, geo.height, geo.width)
-    sd = torch.stack((pairs[:, :, 0] + pairs[:, :, 1], pairs[:, :, 0] - pairs[:, :, 1]))
-    u = F.pad(sd.transpose(1, 2), (geo.left, geo.right, geo.top, geo.bottom))  # (2, R, B, ·, ·)
-    blocks = []
-    for symmetric, c, c2 in geo.blocks:
-        for row in range(geo.kh):
-            left, right = geo.window(u, row, c), geo.window(u, row, c2)
-            if c == c2:
-                blocks.append(left)
-            elif symmetric:
-                blocks.append(left + right)
-            else:
-                blocks.append(torch.stack((left[1] - right[1], left[0] - right[0])))
-    z = torch.stack(blocks, 2).unflatten(2, (len(geo.blocks), geo.kh)).transpose(3, 4)
-    r_out, groups = w.shape[0], plan.groups
-    weight = pair_weight_matrix(w).reshape(2 * groups, r_out // groups, -1)
-    y = torch.bmm(weight, z.reshape(2 * groups, -1, geo.columns))
-    if bias is not None:
-        y = y + torch.cat((bias, torch.zeros_like(bias))).view(2 * groups, -1, 1)
-    y = y.view(2, r_out, geo.batch, geo.height_out, geo.width_out)
-    out = torch.stack((y[0] + y[1], y[0] - y[1]), dim=2)  # (r_out, B, 2, H', W')
-    return out.transpose(0, 1).reshape(geo.batch, 2 * r_out, geo.height_out, geo.width_out)
+    return passes.to_pairs(y, x.shape, plan)
