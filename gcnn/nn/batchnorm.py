@@ -113,6 +113,8 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm, FlipModule):
     def _normalise_pairs(
         self, x: Tensor, part: slice, factor: float, use_batch_stats: bool
     ) -> Tensor:
+        if use_batch_stats and torch.compiler.is_compiling() and part == slice(None):
+            return self._normalise_pairs_by_channel(x, factor)
         b, c, h, w = x.shape
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         # On CPU a channels-last input is normalised as a channels-first copy: batch_norm on the
@@ -132,6 +134,38 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm, FlipModule):
         out = torch.ops.aten._unsafe_view(out, (b, c, h, w))
         # channels-last in, channels-last out (a no-op for the pair view, a copy on CPU)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+    def _normalise_pairs_by_channel(self, x: Tensor, factor: float) -> Tensor:
+        """Train-mode pair statistics from per-channel ones, for ``torch.compile``: inductor
+        turns per-channel reductions over ``(B, H, W)`` into fast fused code (as for
+        :class:`torch.nn.BatchNorm2d`), while its code for ``batch_norm`` on the
+        ``(B, C/2, 2H, W)`` view ran ≈ 5× slower on CPU. With channel means ``m_a, m_b`` and
+        biased variances ``v_a, v_b`` of a pair (equal counts ``n = B·H·W`` each):
+
+            ``μ = (m_a + m_b)/2``,   ``σ² = (v_a + v_b)/2 + ((m_a − m_b)/2)²``,
+
+        the running variance gets the unbiased ``σ²·2n/(2n − 1)``, as ``F.batch_norm`` does.
+        All-pair layouts only (mixed ones keep the view path: updating one slice of the
+        running buffers in place here trips autograd's version check on the other's)."""
+        running = self.track_running_stats and self.running_mean is not None
+        b, _, h, w = x.shape
+        var_c, mean_c = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        means = mean_c.view(-1, 2)
+        mean = means.mean(1)
+        var = var_c.view(-1, 2).mean(1) + ((means[:, 0] - means[:, 1]) / 2) ** 2
+        if running:
+            count = 2 * b * h * w
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * count / max(count - 1, 1), factor)
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        per_channel = (scale.repeat_interleave(2), shift.repeat_interleave(2))
+        return x * per_channel[0][:, None, None] + per_channel[1][:, None, None]
 
     @torch.no_grad()
     def export(self) -> nn.BatchNorm2d:

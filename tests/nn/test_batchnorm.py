@@ -143,3 +143,32 @@ def test_inplace_relu_after_batchnorm_gives_the_right_gradients(shape, channels_
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
     xr = x.clone().requires_grad_()
     assert "CopySlices" in _autograd_nodes(torch.relu_(reference_pair_batchnorm(bn, xr)))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_compiled_train_mode_uses_pair_statistics_from_channel_statistics(momentum) -> None:
+    """Under ``torch.compile`` train-mode pair statistics come from per-channel ones
+    (``μ = (m_a + m_b)/2``, ``σ² = (v_a + v_b)/2 + ((m_a − m_b)/2)²``): outputs, gradients and
+    running statistics equal eager mode's over two steps. Negative control: per-channel
+    statistics (plain BatchNorm2d with the same parameters) give another output."""
+    torch.manual_seed(0)
+    bn = FlipBatchNorm2d(8, momentum=momentum).double()
+    with torch.no_grad():
+        bn.weight.normal_()
+        bn.bias.normal_()
+    twin = FlipBatchNorm2d(8, momentum=momentum).double()
+    twin.load_state_dict(bn.state_dict())
+    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    for _ in range(2):
+        x = torch.randn(4, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+        y = bn(x)
+        g = torch.randn_like(y)
+        expected = [y, *torch.autograd.grad(y, [x, bn.weight, bn.bias], g)]
+        y = compiled(x)
+        got = [y, *torch.autograd.grad(y, [x, twin.weight, twin.bias], g)]
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(twin, name), getattr(bn, name), rtol=1e-12, atol=0)
+    plain = bn.export().train()
+    assert (plain(x) - bn(x)).abs().max() > 1e-2
