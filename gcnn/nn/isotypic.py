@@ -414,6 +414,40 @@ class _PairWeight(torch.autograd.Function):
         return gw.mul_(0.25).view(ctx.shape)
 
 
+def write_block(
+    target: Tensor, left: Tensor, right: Tensor, symmetric: bool, centre: bool, parity: int
+) -> None:
+    """Write one stacked block of both parities (dimension ``parity`` of ``target``) from the
+    kernel-column views ``left`` (column ``c``) and ``right`` (column ``kw − 1 − c``) of
+    ``u = [s, d]``: the centre column is copied, a sum block is ``left + right``, a difference
+    block ``Δ`` reads the *other* parity (``E`` gets ``Δ d``, ``O`` gets ``Δ s``)."""
+    if centre:
+        target.copy_(left)
+    elif symmetric:
+        torch.add(left, right, out=target)
+    else:
+        for p in (0, 1):
+            other = 1 - p
+            torch.sub(left.select(parity, other), right.select(parity, other),
+                      out=target.select(parity, p))  # fmt: skip
+
+
+def add_block_adjoint(
+    block: Tensor, left: Tensor, right: Tensor, symmetric: bool, centre: bool, parity: int
+) -> None:
+    """The adjoint of :func:`write_block`: accumulate the gradient ``block`` of one stacked
+    block into the column views ``left`` / ``right`` of ``∂u``."""
+    if centre:
+        left.add_(block)
+    elif symmetric:
+        left.add_(block)
+        right.add_(block)
+    else:
+        for p in (0, 1):
+            left.select(parity, 1 - p).add_(block.select(parity, p))
+            right.select(parity, 1 - p).sub_(block.select(parity, p))
+
+
 class _Geometry:
     """Shapes shared by the two passes of :class:`_PairPieces` (channels-first views)."""
 
@@ -481,14 +515,8 @@ class _PairPieces(torch.autograd.Function):
         torch.sub(pairs[:, :, 0], pairs[:, :, 1], out=inner[:, 1])
         z = geo.stack(x)
         for p, (symmetric, c, c2) in enumerate(geo.blocks):
-            left, right, target = geo.column(u, c), geo.column(u, c2), z[:, :, :, p]
-            if c == c2:
-                target.copy_(left)
-            elif symmetric:
-                torch.add(left, right, out=target)
-            else:  # parity E reads Δ d, parity O reads Δ s
-                torch.sub(left[:, 1], right[:, 1], out=target[:, 0])
-                torch.sub(left[:, 0], right[:, 0], out=target[:, 1])
+            left, right = geo.column(u, c), geo.column(u, c2)
+            write_block(z[:, :, :, p], left, right, symmetric, c == c2, parity=1)
         return z.flatten(1, 4)
 
     @staticmethod
@@ -499,17 +527,8 @@ class _PairPieces(torch.autograd.Function):
         )
         gu = grad.new_zeros(geo.batch, 2, geo.pairs, geo.height, geo.width + geo.left + geo.right)
         for p, (symmetric, c, c2) in enumerate(geo.blocks):
-            left, right, block = geo.column(gu, c), geo.column(gu, c2), g[:, :, :, p]
-            if c == c2:
-                left.add_(block)
-            elif symmetric:
-                left.add_(block)
-                right.add_(block)
-            else:
-                left[:, 1].add_(block[:, 0])
-                right[:, 1].sub_(block[:, 0])
-                left[:, 0].add_(block[:, 1])
-                right[:, 0].sub_(block[:, 1])
+            left, right = geo.column(gu, c), geo.column(gu, c2)
+            add_block_adjoint(g[:, :, :, p], left, right, symmetric, c == c2, parity=1)
         inner = geo.interior(gu)
         gx = grad.new_empty(geo.batch, geo.pairs, 2, geo.height, geo.width)
         torch.add(inner[:, 0], inner[:, 1], out=gx[:, :, 0])

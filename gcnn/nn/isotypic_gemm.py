@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gcnn.nn.isotypic import IsotypicPlan, _blocks, _PairWeight
+from gcnn.nn.isotypic import IsotypicPlan, _blocks, _PairWeight, add_block_adjoint, write_block
 
 #: Windowed convs (kernel > 1×1 or padded) whose output has at most this many pixels per image
 #: keep the batch as the innermost (fastest) dimension of ``u``, ``Z`` and ``Y``: the window
@@ -133,14 +133,7 @@ class _PairIm2col(torch.autograd.Function):
         for p, (symmetric, c, c2) in enumerate(geo.blocks):
             for row in range(geo.kh):
                 left, right = geo.window(u, row, c), geo.window(u, row, c2)
-                target = z[:, :, p, :, row]
-                if c == c2:
-                    target.copy_(left)
-                elif symmetric:
-                    torch.add(left, right, out=target)
-                else:  # parity E reads Δ d, parity O reads Δ s
-                    torch.sub(left[1], right[1], out=target[0])
-                    torch.sub(left[0], right[0], out=target[1])
+                write_block(z[:, :, p, :, row], left, right, symmetric, c == c2, parity=0)
         return z_storage.view(2 * geo.groups, -1, geo.columns)
 
     @staticmethod
@@ -163,17 +156,7 @@ class _PairIm2col(torch.autograd.Function):
         for p, (symmetric, c, c2) in enumerate(geo.blocks):
             for row in range(geo.kh):
                 left, right = geo.window(gu, row, c), geo.window(gu, row, c2)
-                block = g[:, :, p, :, row]
-                if c == c2:
-                    left.add_(block)
-                elif symmetric:
-                    left.add_(block)
-                    right.add_(block)
-                else:
-                    left[1].add_(block[0])
-                    right[1].sub_(block[0])
-                    left[0].add_(block[1])
-                    right[0].sub_(block[1])
+                add_block_adjoint(g[:, :, p, :, row], left, right, symmetric, c == c2, parity=0)
         inner = geo.interior(gu)
         torch.add(inner[0], inner[1], out=gab[0])
         torch.sub(inner[0], inner[1], out=gab[1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -106,27 +107,38 @@ def cases(draw: st.DrawFn) -> Case:
     )
 
 
-def outputs_and_grads(conv: FlipConv2d, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
-    """The output and the gradients of ``⟨conv(x), g⟩`` w.r.t. ``x`` and every parameter."""
-    y = conv(x)
+def outputs_and_grads(
+    conv: FlipConv2d, x: torch.Tensor, g: torch.Tensor, forward: Callable | None = None
+) -> list[torch.Tensor]:
+    """The output of ``forward(conv, x)`` (default ``conv(x)``) and the gradients of
+    ``⟨output, g⟩`` w.r.t. ``x`` and every parameter."""
+    y = conv(x) if forward is None else forward(conv, x)
     grads = torch.autograd.grad(y, [x, *conv.parameters()], g)
     return [y.detach(), *grads]
+
+
+def assert_matches_regular_path(case: Case, forward: Callable) -> None:
+    """``forward(conv, x)`` and its gradients equal the regular path's (float tolerance)."""
+    conv = case.build()
+    x = case.input()
+    conv.set_path("regular")
+    g = torch.randn_like(conv(x))
+    expected = outputs_and_grads(conv, x, g)
+    got = outputs_and_grads(conv, x, g, forward)
+    tol = TOL[case.dtype]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def _isotypic_forward(conv: FlipConv2d, x: torch.Tensor) -> torch.Tensor:
+    conv.set_path("isotypic")
+    return conv(x)
 
 
 @FAST
 @given(cases())
 def test_isotypic_path_equals_regular_path_with_gradients(case: Case) -> None:
-    conv = case.build()
-    x = case.input()
-    conv.set_path("regular")
-    y = conv(x)
-    g = torch.randn_like(y)
-    expected = outputs_and_grads(conv, x, g)
-    conv.set_path("isotypic")
-    got = outputs_and_grads(conv, x, g)
-    tol = TOL[case.dtype]
-    for a, b in zip(got, expected, strict=True):
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert_matches_regular_path(case, _isotypic_forward)
 
 
 @FAST
@@ -168,17 +180,9 @@ def pair_cases(draw: st.DrawFn) -> Case:
 def test_both_eager_kernels_equal_the_regular_path(case: Case, kernel: str) -> None:
     """The ``kh × 1`` conv and the GEMM kernels, each on every regular → regular conv (the
     ``"auto"`` rule picks one by size), with gradients w.r.t. the input and every parameter."""
-    conv = case.build()
-    x = case.input()
-    conv.set_path("regular")
-    y = conv(x)
-    g = torch.randn_like(y)
-    expected = outputs_and_grads(conv, x, g)
-    got = EAGER_KERNELS[kernel](x, conv.weight, conv.bias, conv._plan())
-    got = [got.detach(), *torch.autograd.grad(got, [x, *conv.parameters()], g)]
-    tol = TOL[case.dtype]
-    for a, b in zip(got, expected, strict=True):
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert_matches_regular_path(
+        case, lambda conv, x: EAGER_KERNELS[kernel](x, conv.weight, conv.bias, conv._plan())
+    )
 
 
 @pytest.mark.parametrize("size", [6, 12])  # 36 and 144 output pixels
