@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", help="folder with the Fashion-MNIST .gz files")
     p.add_argument(
         "--conv-path",
-        choices=("auto", "isotypic", "regular"),
+        choices=("auto", "tuned", "isotypic", "regular"),
         help="gcnn train --conv-path for the flip nets (default: gcnn train's own, auto); "
         "'regular' keeps the arithmetic of nets trained before the isotypic path existed",
     )

@@ -1,9 +1,12 @@
 """Training steps of flip models (isotypic fast path) vs plain models, in one process.
 
-For each (model, width, batch, mode) four models take full training steps (forward,
+For each (model, width, batch, mode) five models take full training steps (forward,
 cross-entropy, backward, SGD step) in turn, round after round: the plain model, the plain model
 in channels-last memory format, the flip model on its default ``path="auto"`` (the isotypic
-fast path where it wins) and the flip model forced onto ``path="regular"``. The ratios are
+fast path where a static rule says it wins), the flip model on ``path="tuned"`` (each conv
+times its kernels during warm-up and keeps the fastest; compiled runs skip it, as ``"tuned"``
+follows ``"auto"`` under ``torch.compile``) and the flip model forced onto
+``path="regular"``. The ratios are
 medians of the within-round throughput ratios (machine load hits every model of a round
 alike); absolute images/s are medians too.
 
@@ -44,6 +47,7 @@ VARIANTS = {
     "plain": (False, None, False),
     "plain_cl": (False, None, True),
     "flip": (True, "auto", False),
+    "flip_tuned": (True, "tuned", False),
     "flip_regular": (True, "regular", False),
 }
 
@@ -78,7 +82,7 @@ def bench(
     if device.type == "cuda":
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
-    keys = args.variants
+    keys = [k for k in args.variants if not (compile_ and VARIANTS[k][1] == "tuned")]
     steps, warmup_s = {}, {}
     for key in keys:
         start = time.perf_counter()
@@ -130,6 +134,7 @@ def environment(device: torch.device) -> dict:
     return {
         "device": name,
         "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "gcnn": gcnn.__version__,
         "python": platform.python_version(),

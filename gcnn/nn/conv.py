@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from gcnn.nn.isotypic import (
 )
 from gcnn.nn.isotypic_gemm import regular_conv2d_gemm
 from gcnn.nn.isotypic_ops import COMPILED_GEMM_PASSES, COMPILED_STACKED_PASSES
+from gcnn.nn.isotypic_tuning import Kernel, needs_backward, tuned_kernel, tuning_key
 from gcnn.nn.module import FlipModule
 
 #: Free-weight block (see :mod:`gcnn.nn.expansion`) → parameter name, when it is not the first
@@ -73,9 +75,12 @@ class FlipConv2d(FlipModule):
     ``path`` picks how the forward computes the same function from the same free weights:
     ``"regular"`` runs ``F.conv2d`` on :meth:`full_weight`; ``"isotypic"`` runs the conv in
     the s/d basis of each pair at half the multiply-adds (:mod:`gcnn.nn.isotypic`);
-    ``"auto"`` (default) takes the isotypic path where it is measured to be faster
-    (:func:`gcnn.nn.isotypic.prefers_isotypic`). Set it on a whole model with
-    :func:`set_conv_path`. State dicts and :meth:`export` do not depend on it.
+    ``"auto"`` (default) takes the isotypic path where a static rule read off CPU
+    measurements says it is faster (:func:`gcnn.nn.isotypic.prefers_isotypic`);
+    ``"tuned"`` times the regular path and both isotypic kernels on the first forward of each
+    input shape and keeps the fastest (:mod:`gcnn.nn.isotypic_tuning`; not bit-reproducible
+    from run to run). Set it on a whole model with :func:`set_conv_path`. State dicts and
+    :meth:`export` do not depend on it.
     """
 
     def __init__(
@@ -153,11 +158,56 @@ class FlipConv2d(FlipModule):
         Never on ``meta`` tensors or under a ``TorchDispatchMode`` outside ``torch.compile``
         (the op-level tools :func:`gcnn.flip_exactness` and :mod:`gcnn.exactness_check` follow
         the plain conv's columns and outputs, which the regular path computes)."""
+        return self.kernel_for(x) != "regular"
+
+    def kernel_for(self, x: Tensor) -> Kernel | Literal["isotypic"]:
+        """Which kernel :meth:`forward` runs on ``x``: ``"regular"``, one of the two eager
+        isotypic kernels of regular → regular convs (``"kh_x_1"``, ``"gemm"``), or
+        ``"isotypic"`` (the general s/d path of mixed layouts). ``"tuned"`` may time the
+        kernels here (once per input key, :func:`gcnn.nn.isotypic_tuning.tuned_kernel`)."""
         if self.path == "regular" or x.dim() != 4 or _op_tool_active(x):
-            return False
-        if self.path == "isotypic":
-            return True
-        return self._auto_isotypic()
+            return "regular"
+        if self.path == "tuned" and not torch.compiler.is_compiling() and self._supported():
+            if self._plan().eager_pairs:
+                return self._tuned_kernel(x)
+        if self.path != "isotypic" and not self._auto_isotypic():
+            return "regular"
+        plan = self._plan()
+        if not plan.eager_pairs:
+            return "isotypic"
+        return "gemm" if prefers_gemm(plan) else "kh_x_1"
+
+    def _supported(self) -> bool:
+        return unsupported_reason(self.fields, self._in_fields, self.groups) is None
+
+    def _tuned_kernel(self, x: Tensor) -> Kernel:
+        params = [self.weight] + ([] if self.bias is None else [self.bias])
+        backward = needs_backward(x, params)
+        key = tuning_key(self._plan(), x, backward)
+        return tuned_kernel(key, lambda: self._tuning_candidates(x, backward), backward)
+
+    def _tuning_candidates(self, x: Tensor, backward: bool) -> dict[Kernel, Callable[[], Tensor]]:
+        """The three kernels on detached copies of ``x``, the weight and the bias."""
+
+        def leaf(t: Tensor | None, grad: bool) -> Tensor | None:
+            return None if t is None else t.detach().clone().requires_grad_(grad)
+
+        x_, w_ = leaf(x, backward and x.requires_grad), leaf(self.weight, backward)
+        b_ = leaf(self.bias, backward)
+        plan = self._plan()
+        (block,) = self._block_params  # regular → regular: the pair block only
+
+        def regular() -> Tensor:
+            free = FreeWeights(**{block: w_})
+            weight = expand_conv_weight(free, self.fields, self.kernel_size[1])
+            bias = None if b_ is None else expand_bias(b_, self._out_fields)
+            return self._regular_conv(x_, weight, bias)
+
+        return {
+            "regular": regular,
+            "kh_x_1": lambda: regular_conv2d_eager(x_, w_, b_, plan),
+            "gemm": lambda: regular_conv2d_gemm(x_, w_, b_, plan),
+        }
 
     def _auto_isotypic(self) -> bool:
         """The ``"auto"`` rule's answer for this conv (cached: hyper-parameters are fixed
@@ -166,8 +216,7 @@ class FlipConv2d(FlipModule):
         ``RLock``, which ``torch.compile`` cannot trace (tests/nn/test_isotypic.py fails)."""
         cached = self.__dict__.get("_auto_isotypic_cache")
         if cached is None:
-            supported = unsupported_reason(self.fields, self._in_fields, self.groups) is None
-            cached = supported and prefers_isotypic(self._plan())
+            cached = self._supported() and prefers_isotypic(self._plan())
             self.__dict__["_auto_isotypic_cache"] = cached
         return cached
 
@@ -205,9 +254,15 @@ class FlipConv2d(FlipModule):
         return None if self.bias is None else expand_bias(self.bias, self._out_fields)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.runs_isotypic(x):
-            return self._isotypic_forward(x)
-        weight, bias = self.full_weight(), self.full_bias()
+        kernel = self.kernel_for(x)
+        if kernel == "regular":
+            return self._regular_conv(x, self.full_weight(), self.full_bias())
+        if kernel == "isotypic":
+            return isotypic_conv2d(x, self.free_weights(), self.bias, self._plan(), self._in_fields)
+        return self._eager_pairs_conv(x, kernel)
+
+    def _regular_conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``F.conv2d`` with the full ``weight`` (after a non-zero ``padding_mode`` pad)."""
         if self.padding_mode != "zeros":
             if isinstance(self.padding, str):
                 raise ValueError("string padding needs padding_mode='zeros'")
@@ -231,15 +286,16 @@ class FlipConv2d(FlipModule):
             self.padding, self.dilation, self.padding_mode,
         )  # fmt: skip
 
-    def _isotypic_forward(self, x: Tensor) -> Tensor:
+    def _eager_pairs_conv(self, x: Tensor, kernel: Kernel) -> Tensor:
+        """A regular → regular conv on one of the hand-scheduled kernels (as ``gcnn::``
+        custom ops under ``torch.compile``)."""
         plan = self._plan()
-        if plan.eager_pairs:
-            kernel = regular_conv2d_gemm if prefers_gemm(plan) else regular_conv2d_eager
-            if not torch.compiler.is_compiling():
-                return kernel(x, self.weight, self.bias, plan)
-            compiled = COMPILED_GEMM_PASSES if prefers_gemm(plan) else COMPILED_STACKED_PASSES
-            return kernel(x, self.weight, self.bias, plan, compiled)
-        return isotypic_conv2d(x, self.free_weights(), self.bias, plan, self._in_fields)
+        gemm = kernel == "gemm"
+        run = regular_conv2d_gemm if gemm else regular_conv2d_eager
+        if not torch.compiler.is_compiling():
+            return run(x, self.weight, self.bias, plan)
+        compiled = COMPILED_GEMM_PASSES if gemm else COMPILED_STACKED_PASSES
+        return run(x, self.weight, self.bias, plan, compiled)
 
     def _factory(self) -> dict[str, Any]:
         ref = next(iter(self.parameters()))

@@ -53,8 +53,8 @@ from gcnn.nn.fields import Fields
 Padding4 = tuple[int, int, int, int]
 
 #: How :class:`~gcnn.nn.FlipConv2d` computes its forward (see :func:`prefers_isotypic`).
-ConvPath = Literal["auto", "isotypic", "regular"]
-CONV_PATHS: tuple[str, ...] = ("auto", "isotypic", "regular")
+ConvPath = Literal["auto", "tuned", "isotypic", "regular"]
+CONV_PATHS: tuple[str, ...] = ("auto", "tuned", "isotypic", "regular")
 
 
 def check_conv_path(path: object) -> ConvPath:
