@@ -77,6 +77,12 @@ def bench(
 ) -> dict:
     """Interleaved rounds of the variants; medians of throughput and of within-round ratios."""
     size = args.image_size or ARCHS[arch][2]
+    if compile_:
+        # A fresh dynamo cache per configuration: past its recompile limit (8 per code object:
+        # every model of every configuration compiles the same forward) dynamo would run later
+        # models eagerly without a word. Hitting the limit within one configuration is an error.
+        torch._dynamo.reset()
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
     torch.manual_seed(0)
     x = torch.rand(batch, 3, size, size, device=device)
     if device.type == "cuda":

@@ -9,7 +9,7 @@ faster). These measurements set the ``"auto"`` rule (``gcnn.nn.isotypic.AUTO_MIN
 ``AUTO_MIN_MACS_1X1``, ``GEMM_MIN_MACS``).
 
     PYTHONPATH=. python benchmarks/bench_isotypic_layers.py \\
-        --out benchmarks/results/isotypic_cpu_layers.json
+        --out benchmarks/results/isotypic_cpu_xeon_layers.json
 """
 
 from __future__ import annotations
