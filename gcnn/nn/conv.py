@@ -172,6 +172,11 @@ class FlipConv2d(FlipModule):
                 return self._tuned_kernel(x)
         if self.path != "isotypic" and not self._auto_isotypic():
             return "regular"
+        return self._isotypic_kernel()
+
+    def _isotypic_kernel(self) -> Kernel | Literal["isotypic"]:
+        """The kernel of the s/d path: ``"isotypic"`` (general) unless the plan is pairs in
+        and out, then the one :func:`gcnn.nn.isotypic.prefers_gemm` picks."""
         plan = self._plan()
         if not plan.eager_pairs:
             return "isotypic"
@@ -184,7 +189,9 @@ class FlipConv2d(FlipModule):
         params = [self.weight] + ([] if self.bias is None else [self.bias])
         backward = needs_backward(x, params)
         key = tuning_key(self._plan(), x, backward)
-        return tuned_kernel(key, lambda: self._tuning_candidates(x, backward), backward)
+        default = self._isotypic_kernel() if self._auto_isotypic() else "regular"
+        candidates = lambda: self._tuning_candidates(x, backward)  # noqa: E731
+        return tuned_kernel(key, candidates, backward, default)  # type: ignore[arg-type]
 
     def _tuning_candidates(self, x: Tensor, backward: bool) -> dict[Kernel, Callable[[], Tensor]]:
         """The three kernels on detached copies of ``x``, the weight and the bias."""

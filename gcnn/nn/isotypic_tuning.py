@@ -7,7 +7,7 @@ oneDNN's kernels for it), the batch and the image size. ``"tuned"`` measures ins
 new *key* (its :class:`~gcnn.nn.isotypic.IsotypicPlan`, the input's shape, strides, dtype and
 device, and whether a backward follows) runs each candidate kernel on detached copies of the
 input and weights — forward, plus backward when gradients are on — and caches the fastest
-for the whole process.
+for the whole process (the ``"auto"`` rule's pick where it is within :data:`TUNING_MARGIN`).
 
 Candidates (:data:`KERNELS`): ``"regular"`` (``F.conv2d`` on the full weight), ``"kh_x_1"``
 (:func:`gcnn.nn.isotypic.regular_conv2d_eager`) and ``"gemm"``
@@ -32,6 +32,10 @@ KERNELS: tuple[Kernel, ...] = ("regular", "kh_x_1", "gemm")
 
 #: Timed runs per candidate after one warm-up run; the minimum counts.
 TUNING_REPEATS = 3
+#: Another kernel replaces the ``"auto"`` rule's pick only when it is faster by more than
+#: this fraction: closer timings are within a busy CPU's noise, and keeping the rule's pick
+#: there makes the choice stabler from run to run.
+TUNING_MARGIN = 0.05
 
 _CHOICES: dict[Hashable, Kernel] = {}
 
@@ -40,16 +44,25 @@ def tuned_kernel(
     key: Hashable,
     candidates: Callable[[], Mapping[Kernel, Callable[[], Tensor]]],
     backward: bool,
+    default: Kernel,
 ) -> Kernel:
-    """The cached choice for ``key``, else time ``candidates()`` and cache the fastest.
+    """The cached choice for ``key``, else time ``candidates()`` and cache :func:`choose`'s.
 
     ``candidates`` is called only on a cache miss; each of its callables runs one forward
-    on detached leaves (so timing leaves no gradient on the real parameters)."""
+    on detached leaves (so timing leaves no gradient on the real parameters). ``default``:
+    the ``"auto"`` rule's kernel."""
     choice = _CHOICES.get(key)
     if choice is None:
-        times = measure(candidates(), backward)
-        choice = _CHOICES[key] = min(times, key=times.__getitem__)
+        choice = _CHOICES[key] = choose(measure(candidates(), backward), default)
     return choice
+
+
+def choose(seconds: Mapping[Kernel, float], default: Kernel) -> Kernel:
+    """The fastest kernel, unless ``default`` is within :data:`TUNING_MARGIN` of it."""
+    fastest = min(seconds, key=seconds.__getitem__)
+    if seconds[default] <= seconds[fastest] * (1 + TUNING_MARGIN):
+        return default
+    return fastest
 
 
 def measure(

@@ -71,6 +71,25 @@ def test_the_fastest_measured_kernel_is_chosen_and_cached(
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        ({"regular": 1.0, "kh_x_1": 0.97, "gemm": 1.2}, "regular"),  # 3 % faster: noise
+        ({"regular": 1.0, "kh_x_1": 0.90, "gemm": 1.2}, "kh_x_1"),  # 10 % faster: taken
+    ],
+)
+def test_the_auto_rules_pick_stays_within_the_margin(
+    monkeypatch: pytest.MonkeyPatch, seconds: dict[str, float], expected: str
+) -> None:
+    """A small conv (the ``"auto"`` rule picks the regular path) keeps the regular path when
+    another kernel is less than :data:`TUNING_MARGIN` faster, and switches when it is more."""
+    assert tuning.TUNING_MARGIN == pytest.approx(0.05)
+    _fake_timings(monkeypatch, seconds)
+    conv = FlipConv2d(16, 16, 3, padding=1, path="tuned")
+    assert not conv._auto_isotypic()
+    assert conv.kernel_for(torch.randn(2, 16, 8, 8)) == expected
+
+
 def test_tuning_leaves_no_gradient_on_the_parameters() -> None:
     """The timed candidates run on detached copies: after a tuned forward (which timed three
     forward + backward passes) the real parameters still have no gradient."""
