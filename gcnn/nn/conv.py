@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -190,7 +191,7 @@ class FlipConv2d(FlipModule):
         backward = needs_backward(x, params)
         key = tuning_key(self._plan(), x, backward)
         default = self._isotypic_kernel() if self._auto_isotypic() else "regular"
-        candidates = lambda: self._tuning_candidates(x, backward)  # noqa: E731
+        candidates = partial(self._tuning_candidates, x, backward)
         return tuned_kernel(key, candidates, backward, default)  # type: ignore[arg-type]
 
     def _tuning_candidates(self, x: Tensor, backward: bool) -> dict[Kernel, Callable[[], Tensor]]:
