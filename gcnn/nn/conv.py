@@ -168,9 +168,8 @@ class FlipConv2d(FlipModule):
         kernels here (once per input key, :func:`gcnn.nn.isotypic_tuning.tuned_kernel`)."""
         if self.path == "regular" or x.dim() != 4 or _op_tool_active(x):
             return "regular"
-        if self.path == "tuned" and not torch.compiler.is_compiling() and self._supported():
-            if self._plan().eager_pairs:
-                return self._tuned_kernel(x)
+        if self.path == "tuned" and not torch.compiler.is_compiling() and self._plan().eager_pairs:
+            return self._tuned_kernel(x)
         if self.path != "isotypic" and not self._auto_isotypic():
             return "regular"
         return self._isotypic_kernel()
@@ -183,16 +182,16 @@ class FlipConv2d(FlipModule):
             return "isotypic"
         return "gemm" if prefers_gemm(plan) else "kh_x_1"
 
-    def _supported(self) -> bool:
-        return unsupported_reason(self.fields, self._in_fields, self.groups) is None
-
     def _tuned_kernel(self, x: Tensor) -> Kernel:
         params = [self.weight] + ([] if self.bias is None else [self.bias])
         backward = needs_backward(x, params)
         key = tuning_key(self._plan(), x, backward)
-        default = self._isotypic_kernel() if self._auto_isotypic() else "regular"
         candidates = partial(self._tuning_candidates, x, backward)
-        return tuned_kernel(key, candidates, backward, default)  # type: ignore[arg-type]
+        return tuned_kernel(key, candidates, backward, self._auto_kernel)
+
+    def _auto_kernel(self) -> Kernel:
+        """The ``"auto"`` rule's kernel for a regular → regular conv (``"tuned"``'s default)."""
+        return self._isotypic_kernel() if self._auto_isotypic() else "regular"  # type: ignore[return-value]
 
     def _tuning_candidates(self, x: Tensor, backward: bool) -> dict[Kernel, Callable[[], Tensor]]:
         """The three kernels on detached copies of ``x``, the weight and the bias."""
@@ -224,7 +223,8 @@ class FlipConv2d(FlipModule):
         ``RLock``, which ``torch.compile`` cannot trace (tests/nn/test_isotypic.py fails)."""
         cached = self.__dict__.get("_auto_isotypic_cache")
         if cached is None:
-            cached = self._supported() and prefers_isotypic(self._plan())
+            supported = unsupported_reason(self.fields, self._in_fields, self.groups) is None
+            cached = supported and prefers_isotypic(self._plan())
             self.__dict__["_auto_isotypic_cache"] = cached
         return cached
 

@@ -44,16 +44,16 @@ def tuned_kernel(
     key: Hashable,
     candidates: Callable[[], Mapping[Kernel, Callable[[], Tensor]]],
     backward: bool,
-    default: Kernel,
+    default: Callable[[], Kernel],
 ) -> Kernel:
     """The cached choice for ``key``, else time ``candidates()`` and cache :func:`choose`'s.
 
-    ``candidates`` is called only on a cache miss; each of its callables runs one forward
-    on detached leaves (so timing leaves no gradient on the real parameters). ``default``:
-    the ``"auto"`` rule's kernel."""
+    ``candidates`` and ``default`` (the ``"auto"`` rule's kernel) are called only on a cache
+    miss, keeping the hit cheap; each candidate runs one forward on detached leaves (so timing
+    leaves no gradient on the real parameters)."""
     choice = _CHOICES.get(key)
     if choice is None:
-        choice = _CHOICES[key] = choose(measure(candidates(), backward), default)
+        choice = _CHOICES[key] = choose(measure(candidates(), backward), default())
     return choice
 
 
