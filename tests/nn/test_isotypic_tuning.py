@@ -90,6 +90,24 @@ def test_the_auto_rules_pick_stays_within_the_margin(
     assert conv.kernel_for(torch.randn(2, 16, 8, 8)) == expected
 
 
+@pytest.mark.parametrize("fastest", tuning.KERNELS)
+def test_negative_control_a_plain_filter_is_not_what_any_tuned_kernel_computes(
+    monkeypatch: pytest.MonkeyPatch, fastest: str
+) -> None:
+    """The equality check above can fail: a random plain conv read into free weights is not
+    what the tuned conv computes, whichever kernel wins; its equivariant export is."""
+    _fake_timings(monkeypatch, {k: 0.5 if k == fastest else 1.0 for k in tuning.KERNELS})
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False).double()
+    forced = FlipConv2d.from_conv(plain, "regular", "regular").double()
+    forced.set_path("tuned")
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        assert forced.kernel_for(x) == fastest
+        assert (forced(x) - plain(x)).abs().max() > 1e-3
+        torch.testing.assert_close(forced(x), forced.export()(x), rtol=1e-11, atol=1e-11)
+
+
 def test_tuning_leaves_no_gradient_on_the_parameters() -> None:
     """The timed candidates run on detached copies: after a tuned forward (which timed three
     forward + backward passes) the real parameters still have no gradient."""
