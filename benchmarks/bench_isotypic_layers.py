@@ -5,8 +5,9 @@ the same conv runs (1) the regular path (``F.conv2d`` on the expanded weight), (
 ``kh × 1`` conv on the width-stacked s/d input (``regular_conv2d_eager``) and (3) the s/d GEMM
 (``regular_conv2d_gemm``); each timed as forward + backward (input and weight gradients) of a
 sum, minimum of ``--repeats`` runs. Ratios are regular time / kernel time (> 1: the kernel is
-faster). These measurements set the ``"auto"`` rule (``gcnn.nn.isotypic.AUTO_MIN_MACS``,
-``AUTO_MIN_MACS_1X1``, ``GEMM_MIN_MACS``).
+faster). These measurements set the static rule (``path="static"``, and ``"auto"`` under
+``torch.compile``: ``gcnn.nn.isotypic.AUTO_MIN_MACS``, ``AUTO_MIN_MACS_1X1``, ``GEMM_MIN_MACS``);
+``"static"`` in each row is its pick (files before the measured ``"auto"`` call it ``"auto"``).
 
     PYTHONPATH=. python benchmarks/bench_isotypic_layers.py \\
         --out benchmarks/results/isotypic_cpu_xeon_layers.json
@@ -74,15 +75,15 @@ def bench_layer(shape: tuple[int, ...], repeats: int) -> dict:
         "gemm": best_ms(lambda: regular_conv2d_gemm(x, conv.weight, None, plan), repeats),
     }
     macs = c_in * c_out * kernel * kernel
-    auto = "regular"
+    static = "regular"
     if prefers_isotypic(plan):
-        auto = "gemm" if prefers_gemm(plan) else "kh_x_1"
+        static = "gemm" if prefers_gemm(plan) else "kh_x_1"
     return {
         "batch": batch, "c_in": c_in, "c_out": c_out, "size": size, "kernel": kernel,
         "stride": stride, "log2_macs_per_pixel": round(float(torch.tensor(macs).log2()), 2),
         "ms": {k: round(v, 2) for k, v in times.items()},
         "speedup": {k: round(times["regular"] / times[k], 2) for k in ("kh_x_1", "gemm")},
-        "auto": auto,
+        "static": static,
     }  # fmt: skip
 
 

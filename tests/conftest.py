@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,22 @@ settings.load_profile(
 )
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def conv_tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite's own conv-tuning file (``path="auto"`` stores measured kernel choices), so
+    tests never read or write the user's ``~/.cache/gcnn``; child processes inherit it."""
+    from gcnn.nn import tuning_store
+
+    path = tmp_path_factory.mktemp("tuning") / "conv_tuning.json"
+    before = os.environ.get(tuning_store.ENV_VAR)
+    os.environ[tuning_store.ENV_VAR] = str(path)
+    yield path
+    if before is None:
+        del os.environ[tuning_store.ENV_VAR]
+    else:
+        os.environ[tuning_store.ENV_VAR] = before
 
 
 @pytest.fixture(scope="session")

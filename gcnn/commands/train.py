@@ -93,9 +93,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add(
         g,
         "--conv-path",
-        "how flip convs compute: auto (per layer, fixed rule), tuned (per layer, timed once; "
-        "not bit-reproducible), isotypic (s/d basis, half the multiply-adds) or regular "
-        "(F.conv2d on the full weight)",
+        "how flip convs compute: auto (per layer, the fastest kernel, timed once per machine "
+        "and kept in GCNN_TUNING_CACHE), static (per layer, a fixed rule), isotypic (s/d "
+        "basis, half the multiply-adds) or regular (F.conv2d on the full weight)",
         choices=CONV_PATHS,
     )
     add(g, "--device", "default: cuda if available, else cpu")

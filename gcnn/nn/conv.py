@@ -28,6 +28,7 @@ from gcnn.nn.isotypic import (
     IsotypicPlan,
     check_conv_path,
     isotypic_conv2d,
+    macs_per_pixel,
     plan_for,
     prefers_gemm,
     prefers_isotypic,
@@ -36,7 +37,7 @@ from gcnn.nn.isotypic import (
 )
 from gcnn.nn.isotypic_gemm import regular_conv2d_gemm
 from gcnn.nn.isotypic_ops import COMPILED_GEMM_PASSES, COMPILED_STACKED_PASSES
-from gcnn.nn.isotypic_tuning import Kernel, needs_backward, tuned_kernel, tuning_key
+from gcnn.nn.isotypic_tuning import Kernel, needs_backward, tuned_kernel, tuning_key, worth_tuning
 from gcnn.nn.module import FlipModule
 
 #: Free-weight block (see :mod:`gcnn.nn.expansion`) → parameter name, when it is not the first
@@ -76,12 +77,14 @@ class FlipConv2d(FlipModule):
     ``path`` picks how the forward computes the same function from the same free weights:
     ``"regular"`` runs ``F.conv2d`` on :meth:`full_weight`; ``"isotypic"`` runs the conv in
     the s/d basis of each pair at half the multiply-adds (:mod:`gcnn.nn.isotypic`);
-    ``"auto"`` (default) takes the isotypic path where a static rule read off CPU
-    measurements says it is faster (:func:`gcnn.nn.isotypic.prefers_isotypic`);
-    ``"tuned"`` times the regular path and both isotypic kernels on the first forward of each
-    input shape and keeps the fastest (:mod:`gcnn.nn.isotypic_tuning`; not bit-reproducible
-    from run to run). Set it on a whole model with :func:`set_conv_path`. State dicts and
-    :meth:`export` do not depend on it.
+    ``"auto"`` (default) measures: a regular → regular conv times the regular path and both
+    isotypic kernels on the first forward of each input shape on a machine and keeps the
+    fastest, in the process and in a per-machine file, so later runs there make the same
+    choice (:mod:`gcnn.nn.isotypic_tuning`; tiny convs run ``F.conv2d`` untimed, and under
+    ``torch.compile`` the static rule decides); ``"static"`` takes the isotypic path where a
+    fixed rule read off CPU measurements says it is faster
+    (:func:`gcnn.nn.isotypic.prefers_isotypic`), never timing anything. Set it on a whole
+    model with :func:`set_conv_path`. State dicts and :meth:`export` do not depend on it.
     """
 
     def __init__(
@@ -145,7 +148,7 @@ class FlipConv2d(FlipModule):
         self.reset_parameters()
 
     def set_path(self, path: ConvPath) -> None:
-        """Choose the forward's path (``"auto"``, ``"isotypic"`` or ``"regular"``); raises
+        """Choose the forward's path (one of :data:`gcnn.nn.isotypic.CONV_PATHS`); raises
         when ``"isotypic"`` cannot run this conv."""
         check_conv_path(path)
         reason = unsupported_reason(self.fields, self._in_fields, self.groups)
@@ -164,15 +167,17 @@ class FlipConv2d(FlipModule):
     def kernel_for(self, x: Tensor) -> Kernel | Literal["isotypic"]:
         """Which kernel :meth:`forward` runs on ``x``: ``"regular"``, one of the two eager
         isotypic kernels of regular → regular convs (``"kh_x_1"``, ``"gemm"``), or
-        ``"isotypic"`` (the general s/d path of mixed layouts). ``"tuned"`` may time the
-        kernels here (once per input key, :func:`gcnn.nn.isotypic_tuning.tuned_kernel`)."""
+        ``"isotypic"`` (the general s/d path of mixed layouts). On ``"auto"`` the first
+        forward of a new input key on this machine times the kernels
+        (:func:`gcnn.nn.isotypic_tuning.tuned_kernel`)."""
         if self.path == "regular" or x.dim() != 4 or _op_tool_active(x):
             return "regular"
-        if self.path == "tuned" and not torch.compiler.is_compiling() and self._plan().eager_pairs:
-            return self._tuned_kernel(x)
-        if self.path != "isotypic" and not self._auto_isotypic():
-            return "regular"
-        return self._isotypic_kernel()
+        if self.path == "isotypic":
+            return self._isotypic_kernel()
+        plan = self._plan()
+        if self.path == "auto" and plan.eager_pairs and not torch.compiler.is_compiling():
+            return self._tuned_kernel(x) if worth_tuning(macs_per_pixel(plan)) else "regular"
+        return self._static_kernel()
 
     def _isotypic_kernel(self) -> Kernel | Literal["isotypic"]:
         """The kernel of the s/d path: ``"isotypic"`` (general) unless the plan is pairs in
@@ -187,11 +192,12 @@ class FlipConv2d(FlipModule):
         backward = needs_backward(x, params)
         key = tuning_key(self._plan(), x, backward)
         candidates = partial(self._tuning_candidates, x, backward)
-        return tuned_kernel(key, candidates, backward, self._auto_kernel)
+        return tuned_kernel(key, x.device, candidates, backward, self._static_kernel)  # type: ignore[arg-type]
 
-    def _auto_kernel(self) -> Kernel:
-        """The ``"auto"`` rule's kernel for a regular → regular conv (``"tuned"``'s default)."""
-        return self._isotypic_kernel() if self._auto_isotypic() else "regular"  # type: ignore[return-value]
+    def _static_kernel(self) -> Kernel | Literal["isotypic"]:
+        """The static rule's kernel (the ``"static"`` path; ``"auto"`` under ``torch.compile``
+        and its pick on near-ties)."""
+        return self._isotypic_kernel() if self._static_isotypic() else "regular"
 
     def _tuning_candidates(self, x: Tensor, backward: bool) -> dict[Kernel, Callable[[], Tensor]]:
         """The three kernels on detached copies of ``x``, the weight and the bias."""
@@ -216,16 +222,16 @@ class FlipConv2d(FlipModule):
             "gemm": lambda: regular_conv2d_gemm(x_, w_, b_, plan),
         }
 
-    def _auto_isotypic(self) -> bool:
-        """The ``"auto"`` rule's answer for this conv (cached: hyper-parameters are fixed
+    def _static_isotypic(self) -> bool:
+        """The static rule's answer for this conv (cached: hyper-parameters are fixed
         after construction, and the rule reads nothing else). Cached by hand in ``__dict__``,
         not with ``functools.cached_property``: on Python 3.11 its ``__get__`` takes an
         ``RLock``, which ``torch.compile`` cannot trace (tests/nn/test_isotypic.py fails)."""
-        cached = self.__dict__.get("_auto_isotypic_cache")
+        cached = self.__dict__.get("_static_isotypic_cache")
         if cached is None:
             supported = unsupported_reason(self.fields, self._in_fields, self.groups) is None
             cached = supported and prefers_isotypic(self._plan())
-            self.__dict__["_auto_isotypic_cache"] = cached
+            self.__dict__["_static_isotypic_cache"] = cached
         return cached
 
     @property
@@ -282,7 +288,7 @@ class FlipConv2d(FlipModule):
         return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)
 
     def _plan(self) -> IsotypicPlan:
-        """How the isotypic path runs this conv (cached as :meth:`_auto_isotypic` is)."""
+        """How the isotypic path runs this conv (cached as :meth:`_static_isotypic` is)."""
         cached = self.__dict__.get("_plan_cache")
         if cached is None:
             cached = self.__dict__["_plan_cache"] = self._build_plan()

@@ -53,8 +53,8 @@ from gcnn.nn.fields import Fields
 Padding4 = tuple[int, int, int, int]
 
 #: How :class:`~gcnn.nn.FlipConv2d` computes its forward (see :func:`prefers_isotypic`).
-ConvPath = Literal["auto", "tuned", "isotypic", "regular"]
-CONV_PATHS: tuple[str, ...] = ("auto", "tuned", "isotypic", "regular")
+ConvPath = Literal["auto", "static", "isotypic", "regular"]
+CONV_PATHS: tuple[str, ...] = ("auto", "static", "isotypic", "regular")
 
 
 def check_conv_path(path: object) -> ConvPath:
@@ -112,7 +112,7 @@ AUTO_MIN_MACS_1X1 = 2**14
 GEMM_MIN_MACS = 2**20
 
 
-def _macs_per_pixel(plan: IsotypicPlan) -> int:
+def macs_per_pixel(plan: IsotypicPlan) -> int:
     kh, kw = plan.kernel_size
     return plan.fields.local_in.channels * plan.fields.out.channels * plan.groups * kh * kw
 
@@ -125,8 +125,8 @@ def prefers_isotypic(plan: IsotypicPlan) -> bool:
         return False
     kh, kw = plan.kernel_size
     if kh == kw == 1:
-        return _macs_per_pixel(plan) >= AUTO_MIN_MACS_1X1
-    return kw >= 3 and _macs_per_pixel(plan) >= AUTO_MIN_MACS
+        return macs_per_pixel(plan) >= AUTO_MIN_MACS_1X1
+    return kw >= 3 and macs_per_pixel(plan) >= AUTO_MIN_MACS
 
 
 def prefers_gemm(plan: IsotypicPlan) -> bool:
@@ -135,7 +135,7 @@ def prefers_gemm(plan: IsotypicPlan) -> bool:
     :data:`GEMM_MIN_MACS` multiply-adds per pixel, else the ``kh × 1`` conv of
     :func:`regular_conv2d_eager`."""
     kh, kw = plan.kernel_size
-    return kh == kw == 1 or _macs_per_pixel(plan) >= GEMM_MIN_MACS
+    return kh == kw == 1 or macs_per_pixel(plan) >= GEMM_MIN_MACS
 
 
 def resolve_padding(

@@ -1,21 +1,24 @@
-"""``path="tuned"``: each flip conv times its kernels once per input shape and keeps the fastest.
+"""How ``path="auto"`` picks a flip conv's kernel: measured once per machine, then kept.
 
-The ``"auto"`` rule (:func:`gcnn.nn.isotypic.prefers_isotypic`, :func:`prefers_gemm`) is a
-static threshold read off one CPU; which kernel wins depends on the CPU (its vector width and
-oneDNN's kernels for it), the batch and the image size. ``"tuned"`` measures instead, as
-``torch.backends.cudnn.benchmark`` does: the first forward of a regular → regular conv with a
-new *key* (its :class:`~gcnn.nn.isotypic.IsotypicPlan`, the input's shape, strides, dtype and
-device, and whether a backward follows) runs each candidate kernel on detached copies of the
-input and weights — forward, plus backward when gradients are on — and caches the fastest
-for the whole process (the ``"auto"`` rule's pick where it is within :data:`TUNING_MARGIN`).
+Which kernel computes a regular → regular flip conv fastest — ``F.conv2d`` on the full weight,
+or one of the two s/d kernels at half the multiply-adds — depends on the processor, not only on
+the conv: on three 2-core CPUs (benchmarks/README.md) the same layer went from 1.45× faster to
+0.8× slower on the s/d path, and the batched GEMM kernel runs at half speed on an AMD EPYC
+whose BLAS (MKL) takes its slow path there. No static rule fits them all, so ``"auto"``
+measures, like ``torch.backends.cudnn.benchmark``: the first forward of a regular → regular
+conv with a new *key* (its :class:`~gcnn.nn.isotypic.IsotypicPlan`, the input's shape,
+strides, dtype and device, and whether a backward follows) runs each candidate of
+:data:`KERNELS` on detached copies of the input and weights — forward, plus backward when
+gradients are on — and keeps the fastest, unless the static rule's pick
+(:func:`gcnn.nn.isotypic.prefers_isotypic`) is within :data:`TUNING_MARGIN` of it.
 
-Candidates (:data:`KERNELS`): ``"regular"`` (``F.conv2d`` on the full weight), ``"kh_x_1"``
-(:func:`gcnn.nn.isotypic.regular_conv2d_eager`) and ``"gemm"``
-(:func:`gcnn.nn.isotypic_gemm.regular_conv2d_gemm`). All three compute the same function to
-float rounding, so the choice changes speed and rounding only — but it is a timing, so two
-processes can choose differently and training with ``"tuned"`` is not bit-reproducible from
-run to run (``"auto"`` is). Under ``torch.compile`` nothing is timed: ``"tuned"`` follows
-``"auto"``.
+Each choice is kept for the process and written to a per-machine file
+(:mod:`gcnn.nn.tuning_store`), which later processes read instead of timing again: the
+choice then does not change from run to run on one machine, so training stays bit-reproducible
+there (a resumed run computes what the uninterrupted one did). Convs below
+:data:`MIN_MACS_TO_TUNE` multiply-adds per output pixel are not timed (cheap on any
+path) and run ``F.conv2d``; under ``torch.compile``, and on the
+``"static"`` path, the static rule decides without timing.
 """
 
 from __future__ import annotations
@@ -27,12 +30,19 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from gcnn.nn import tuning_store
+
 Kernel = Literal["regular", "kh_x_1", "gemm"]
 KERNELS: tuple[Kernel, ...] = ("regular", "kh_x_1", "gemm")
 
+#: Convs with fewer multiply-adds per output pixel (``c_in·c_out·kh·kw/groups``) are not
+#: timed and run ``F.conv2d``: their conv is cheap on any path, and tests and toy models make
+#: them by the hundred. The smallest layers measured sit just above it (64 → 64 1×1, 2¹²:
+#: the GEMM kernel won 1.23× on one AMD EPYC and lost 0.62–0.79× on two other CPUs).
+MIN_MACS_TO_TUNE = 2**12
 #: Timed runs per candidate after one warm-up run; the minimum counts.
 TUNING_REPEATS = 3
-#: Another kernel replaces the ``"auto"`` rule's pick only when it is faster by more than
+#: Another kernel replaces the static rule's pick only when it is faster by more than
 #: this fraction: closer timings are within a busy CPU's noise, and keeping the rule's pick
 #: there makes the choice stabler from run to run.
 TUNING_MARGIN = 0.05
@@ -40,20 +50,36 @@ TUNING_MARGIN = 0.05
 _CHOICES: dict[Hashable, Kernel] = {}
 
 
+def worth_tuning(macs_per_pixel: int) -> bool:
+    """Whether a conv with this many multiply-adds per output pixel is timed at all
+    (:data:`MIN_MACS_TO_TUNE`)."""
+    return macs_per_pixel >= MIN_MACS_TO_TUNE
+
+
 def tuned_kernel(
     key: Hashable,
+    device: torch.device,
     candidates: Callable[[], Mapping[Kernel, Callable[[], Tensor]]],
     backward: bool,
     default: Callable[[], Kernel],
 ) -> Kernel:
-    """The cached choice for ``key``, else time ``candidates()`` and cache :func:`choose`'s.
+    """The choice for ``key``: from this process's cache, else from the machine's file
+    (:mod:`gcnn.nn.tuning_store`), else timed now (:func:`measure`, :func:`choose`) and stored.
 
-    ``candidates`` and ``default`` (the ``"auto"`` rule's kernel) are called only on a cache
-    miss, keeping the hit cheap; each candidate runs one forward on detached leaves (so timing
-    leaves no gradient on the real parameters)."""
+    ``candidates`` and ``default`` (the static rule's kernel) are called only when the key is
+    new to the machine, keeping the hit cheap; each candidate runs on detached leaves (so
+    timing leaves no gradient on the real parameters)."""
     choice = _CHOICES.get(key)
-    if choice is None:
-        choice = _CHOICES[key] = choose(measure(candidates(), backward), default())
+    if choice is not None:
+        return choice
+    machine = tuning_store.machine_id(device)
+    stored = tuning_store.load(machine).get(repr(key))
+    if stored in KERNELS:
+        choice = stored
+    else:
+        choice = choose(measure(candidates(), backward), default())
+        tuning_store.save(machine, repr(key), choice)
+    _CHOICES[key] = choice
     return choice
 
 
@@ -76,6 +102,8 @@ def measure(
         out = run()
         if backward:
             out.sum().backward()
+        if out.device.type == "cuda":
+            torch.cuda.synchronize(out.device)
         return time.perf_counter() - start
 
     times: dict[Kernel, float] = {}
@@ -90,9 +118,12 @@ def tuned_choices() -> dict[Hashable, Kernel]:
     return dict(_CHOICES)
 
 
-def clear_tuned_choices() -> None:
-    """Forget every choice (the next forward of each conv times its kernels again)."""
+def clear_tuned_choices(stored: bool = False) -> None:
+    """Forget this process's choices; with ``stored``, also this machine's file entries for the
+    CPU (so the next forward of each conv times its kernels again)."""
     _CHOICES.clear()
+    if stored:
+        tuning_store.forget(tuning_store.machine_id(torch.device("cpu")))
 
 
 def tuning_key(plan: Hashable, x: Tensor, backward: bool) -> tuple[Hashable, ...]:

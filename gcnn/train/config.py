@@ -60,7 +60,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     compile: bool = False
-    # how FlipConv2d computes (gcnn.nn.set_conv_path): "auto", "tuned", "isotypic", "regular"; the
+    # how FlipConv2d computes (gcnn.nn.set_conv_path): "auto", "static", "isotypic", "regular"; the
     # same function and free weights on every path, so a run may resume on another one
     conv_path: str = "auto"
     eval_every: int = 1  # epochs; 0 = only at the end

@@ -11,6 +11,7 @@ import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import torch
@@ -292,18 +293,21 @@ def test_path_switch_and_its_errors() -> None:
         set_conv_path(nn.Sequential(FlipConv2d(4, 4, 3), depthwise), "isotypic")
 
 
-def test_auto_rule_and_tools_see_the_regular_path() -> None:
-    big, small = FlipConv2d(256, 256, 3), FlipConv2d(32, 32, 3)
+def test_static_rule_and_tools_see_the_regular_path() -> None:
+    static = partial(FlipConv2d, path="static")
+    big, small = static(256, 256, 3), static(32, 32, 3)
     x = torch.zeros(1, 256, 6, 6)
     assert big.runs_isotypic(x) and not small.runs_isotypic(torch.zeros(1, 32, 6, 6))
-    assert FlipConv2d(256, 512, 1, stride=2).runs_isotypic(x)
-    assert FlipConv2d(256, 512, 1).runs_isotypic(x)  # 1×1 from 2^14 multiply-adds per pixel
-    assert not FlipConv2d(64, 64, 1).runs_isotypic(torch.zeros(1, 64, 6, 6))
-    assert prefers_gemm(FlipConv2d(256, 512, 1)._plan())
-    assert prefers_gemm(FlipConv2d(512, 512, 3)._plan())
+    assert static(256, 512, 1, stride=2).runs_isotypic(x)
+    assert static(256, 512, 1).runs_isotypic(x)  # 1×1 from 2^14 multiply-adds per pixel
+    assert not static(64, 64, 1).runs_isotypic(torch.zeros(1, 64, 6, 6))
+    assert prefers_gemm(static(256, 512, 1)._plan())
+    assert prefers_gemm(static(512, 512, 3)._plan())
     assert not prefers_gemm(big._plan())  # 256 → 256 3×3 runs as the kh × 1 conv
-    assert not FlipConv2d(3, 256, 3, in_type="trivial").runs_isotypic(torch.zeros(1, 3, 6, 6))
+    assert not static(3, 256, 3, in_type="trivial").runs_isotypic(torch.zeros(1, 3, 6, 6))
     assert not big.runs_isotypic(x.to("meta"))  # the exactness tracer follows the plain conv
+    auto = FlipConv2d(256, 256, 3)  # the default measures, but never on meta tensors
+    assert auto.path == "auto" and not auto.runs_isotypic(x.to("meta"))
 
 
 @pytest.mark.parametrize("kernel_size", [3, 1])  # the kh × 1 kernel's ops, the GEMM's ops

@@ -1,32 +1,42 @@
-"""``path="tuned"``: the conv times its kernels once per input key and runs the fastest.
+"""``path="auto"``: the conv times its kernels once per input key and machine, runs the
+fastest and keeps the choice on disk.
 
 The choice logic is tested with injected timings (never with real ones: a unit test must not
-depend on the machine's speed); the tuned path's outputs and gradients equal the regular
-path's whatever it chose.
+depend on the machine's speed); the auto path's outputs and gradients equal the regular
+path's whatever it chose. Every test gets its own cache file and times convs of any size.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 
-from gcnn.nn import FlipConv2d, set_conv_path
+from gcnn.nn import FlipConv2d, set_conv_path, tuning_store
 from gcnn.nn import isotypic_tuning as tuning
 from tests.nn.test_isotypic import assert_matches_regular_path, pair_cases
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache() -> Iterator[None]:
+def fresh_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """An empty cache file of this test's own, and no size floor (the test convs are small)."""
+    path = tmp_path / "tuning.json"
+    monkeypatch.setenv(tuning_store.ENV_VAR, str(path))
+    monkeypatch.setattr(tuning, "MIN_MACS_TO_TUNE", 0)
     tuning.clear_tuned_choices()
-    yield
+    yield path
     tuning.clear_tuned_choices()
 
 
 def _tuned_forward(conv: FlipConv2d, x: torch.Tensor) -> torch.Tensor:
-    conv.set_path("tuned")
+    conv.set_path("auto")
     return conv(x)
 
 
@@ -58,7 +68,7 @@ def test_the_fastest_measured_kernel_is_chosen_and_cached(
     """Each kernel wins when its timing is lowest (so the choice follows the measurement, not
     a fixed rule); the second forward of the same key measures nothing."""
     calls = _fake_timings(monkeypatch, {k: 0.5 if k == fastest else 1.0 for k in tuning.KERNELS})
-    conv = FlipConv2d(16, 16, 3, padding=1, path="tuned")
+    conv = FlipConv2d(16, 16, 3, padding=1, path="auto")
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
     assert conv.kernel_for(x) == fastest
     conv(x).sum().backward()
@@ -78,15 +88,15 @@ def test_the_fastest_measured_kernel_is_chosen_and_cached(
         ({"regular": 1.0, "kh_x_1": 0.90, "gemm": 1.2}, "kh_x_1"),  # 10 % faster: taken
     ],
 )
-def test_the_auto_rules_pick_stays_within_the_margin(
+def test_the_static_rules_pick_stays_within_the_margin(
     monkeypatch: pytest.MonkeyPatch, seconds: dict[str, float], expected: str
 ) -> None:
-    """A small conv (the ``"auto"`` rule picks the regular path) keeps the regular path when
+    """A small conv (the static rule picks the regular path) keeps the regular path when
     another kernel is less than :data:`TUNING_MARGIN` faster, and switches when it is more."""
     assert tuning.TUNING_MARGIN == pytest.approx(0.05)
     _fake_timings(monkeypatch, seconds)
-    conv = FlipConv2d(16, 16, 3, padding=1, path="tuned")
-    assert not conv._auto_isotypic()
+    conv = FlipConv2d(16, 16, 3, padding=1, path="auto")
+    assert not conv._static_isotypic()
     assert conv.kernel_for(torch.randn(2, 16, 8, 8)) == expected
 
 
@@ -100,7 +110,7 @@ def test_negative_control_a_plain_filter_is_not_what_any_tuned_kernel_computes(
     torch.manual_seed(0)
     plain = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False).double()
     forced = FlipConv2d.from_conv(plain, "regular", "regular").double()
-    forced.set_path("tuned")
+    forced.set_path("auto")
     x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
     with torch.no_grad():
         assert forced.kernel_for(x) == fastest
@@ -111,22 +121,135 @@ def test_negative_control_a_plain_filter_is_not_what_any_tuned_kernel_computes(
 def test_tuning_leaves_no_gradient_on_the_parameters() -> None:
     """The timed candidates run on detached copies: after a tuned forward (which timed three
     forward + backward passes) the real parameters still have no gradient."""
-    conv = FlipConv2d(8, 8, 3, padding=1, bias=True, path="tuned")
+    conv = FlipConv2d(8, 8, 3, padding=1, bias=True, path="auto")
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     conv(x)
     assert tuning.tuned_choices()  # timing did happen
     assert conv.weight.grad is None and conv.bias.grad is None and x.grad is None
 
 
-def test_tuned_runs_the_regular_path_where_no_isotypic_kernel_applies(
+def test_auto_runs_the_regular_path_where_no_isotypic_kernel_applies(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A trivial → regular conv (a net's first layer) has no eager pair kernel: nothing is
     timed. Negative control: a regular → regular conv beside it is timed."""
     calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 0.1, "gemm": 1.0})
-    first = FlipConv2d(3, 8, 3, in_type="trivial", path="tuned")
+    first = FlipConv2d(3, 8, 3, in_type="trivial", path="auto")
     assert first.kernel_for(torch.zeros(1, 3, 6, 6)) == "regular"
     assert calls == []
-    model = set_conv_path(torch.nn.Sequential(first, FlipConv2d(8, 8, 3)), "tuned")
+    model = set_conv_path(torch.nn.Sequential(first, FlipConv2d(8, 8, 3)), "auto")
     model(torch.zeros(1, 3, 8, 8))
     assert len(calls) == 1
+
+
+def test_a_choice_is_stored_per_machine_and_read_back_instead_of_timed(
+    monkeypatch: pytest.MonkeyPatch, fresh_cache: Path
+) -> None:
+    """The first process times and writes its choice; a later one (here: the in-memory cache
+    cleared) reads it from the file. Negative control: with persistence off it times again."""
+    calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 1.0, "gemm": 0.1})
+    conv = FlipConv2d(16, 16, 3, padding=1)
+    x = torch.randn(2, 16, 8, 8)
+    assert conv.kernel_for(x) == "gemm" and len(calls) == 1
+    stored = json.loads(fresh_cache.read_text())["machines"]
+    assert list(stored) == [tuning_store.machine_id(x.device)]
+    assert list(stored.values()) == [{repr(tuning.tuning_key(conv._plan(), x, True)): "gemm"}]
+
+    tuning.clear_tuned_choices()  # a new process
+    assert conv.kernel_for(x) == "gemm" and len(calls) == 1
+
+    monkeypatch.setenv(tuning_store.ENV_VAR, "off")
+    tuning.clear_tuned_choices()
+    assert conv.kernel_for(x) == "gemm" and len(calls) == 2
+
+
+def test_clearing_the_stored_choices_makes_the_next_forward_time_again(
+    monkeypatch: pytest.MonkeyPatch, fresh_cache: Path
+) -> None:
+    calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 0.1, "gemm": 1.0})
+    conv, x = FlipConv2d(16, 16, 3, padding=1), torch.randn(2, 16, 8, 8)
+    conv.kernel_for(x)
+    tuning.clear_tuned_choices(stored=True)
+    assert json.loads(fresh_cache.read_text())["machines"] == {}
+    conv.kernel_for(x)
+    assert len(calls) == 2
+
+
+_CHILD = """
+import sys, torch
+from gcnn.nn import FlipConv2d
+from gcnn.nn import isotypic_tuning as tuning
+def refuse(*args):
+    raise SystemExit("timed")
+tuning.measure = refuse
+torch.set_num_threads({threads})
+print(FlipConv2d(32, 32, 3, padding=1).kernel_for(torch.randn(2, 32, 8, 8)))
+"""
+
+
+def test_another_process_on_the_machine_reads_the_stored_choice(
+    monkeypatch: pytest.MonkeyPatch, fresh_cache: Path
+) -> None:
+    """A real second process with timing disabled runs the kernel this one stored (a GEMM, which
+    no timing would pick for so small a conv). Negative control: the same child with an empty
+    cache file has to time, and refuses."""
+    _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 1.0, "gemm": 0.1})
+    assert FlipConv2d(32, 32, 3, padding=1).kernel_for(torch.randn(2, 32, 8, 8)) == "gemm"
+    child = [sys.executable, "-c", _CHILD.format(threads=torch.get_num_threads())]
+
+    def run(cache: Path) -> subprocess.CompletedProcess:
+        env = {**os.environ, tuning_store.ENV_VAR: str(cache)}
+        return subprocess.run(child, env=env, capture_output=True, text=True, timeout=120)
+
+    done = run(fresh_cache)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "gemm"
+    empty = run(fresh_cache.with_name("empty.json"))
+    assert empty.returncode != 0 and "timed" in empty.stderr
+
+
+def test_a_broken_cache_file_warns_and_tuning_goes_on_in_memory(
+    monkeypatch: pytest.MonkeyPatch, fresh_cache: Path
+) -> None:
+    calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 0.1, "gemm": 1.0})
+    fresh_cache.write_text("{not json")
+    monkeypatch.setattr(tuning_store, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="conv tuning cache"):
+        assert FlipConv2d(16, 16, 3, padding=1).kernel_for(torch.randn(2, 16, 8, 8)) == "kh_x_1"
+    assert len(calls) == 1
+
+
+def test_the_machine_id_names_the_thread_count() -> None:
+    cpu, threads = torch.device("cpu"), torch.get_num_threads()
+    try:
+        one = tuning_store.machine_id(cpu)
+        torch.set_num_threads(threads + 1)
+        assert tuning_store.machine_id(cpu) != one
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.__version__ in one
+
+
+def test_convs_below_the_floor_run_the_regular_path_untimed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the real floor a 16 → 16 3×3 conv (2304 multiply-adds per pixel) times nothing;
+    a 32 → 32 one (9216) times its kernels."""
+    monkeypatch.setattr(tuning, "MIN_MACS_TO_TUNE", 2**12)
+    calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 0.1, "gemm": 1.0})
+    assert FlipConv2d(16, 16, 3, padding=1).kernel_for(torch.randn(2, 16, 8, 8)) == "regular"
+    assert calls == []
+    assert FlipConv2d(32, 32, 3, padding=1).kernel_for(torch.randn(2, 32, 8, 8)) == "kh_x_1"
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(("channels", "expected"), [(16, "regular"), (256, "kh_x_1")])
+def test_the_static_path_times_nothing_and_follows_the_rule(
+    monkeypatch: pytest.MonkeyPatch, channels: int, expected: str
+) -> None:
+    """``"static"``: the fixed rule (regular for small 3×3 convs, ``kh × 1`` from 2¹⁸
+    multiply-adds per pixel), however the kernels would time."""
+    calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 1.0, "gemm": 0.1})
+    conv = FlipConv2d(channels, channels, 3, padding=1, path="static")
+    assert conv.kernel_for(torch.randn(2, channels, 8, 8)) == expected
+    assert calls == []

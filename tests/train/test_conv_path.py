@@ -34,7 +34,7 @@ def _sgd_steps(model: torch.nn.Module, batches, dtype: torch.dtype) -> torch.Ten
 
 
 def test_every_flip_conv_takes_the_forced_path(fmnist_small) -> None:
-    for path in ("tuned", "isotypic", "regular"):
+    for path in ("static", "isotypic", "regular"):
         model, _ = build_model(_config(path), fmnist_small, seed=0)
         convs = [m for m in model.modules() if isinstance(m, FlipConv2d)]
         assert convs and all(conv.path == path for conv in convs)
