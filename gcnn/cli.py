@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gcnn.commands.exactness",
     "gcnn.commands.summarize",
     "gcnn.commands.train",
+    "gcnn.commands.tuning",
 )
 
 

@@ -2,9 +2,11 @@
 
 Which kernel computes a regular → regular flip conv fastest — ``F.conv2d`` on the full weight,
 or one of the two s/d kernels at half the multiply-adds — depends on the processor, not only on
-the conv: on three 2-core CPUs (benchmarks/README.md) the same layer went from 1.45× faster to
-0.8× slower on the s/d path, and the batched GEMM kernel runs at half speed on an AMD EPYC
-whose BLAS (MKL) takes its slow path there. No static rule fits them all, so ``"auto"``
+the conv: on three 2-core CPUs (``benchmarks/results/isotypic_cpu_*_layers.json``, forward +
+backward) a 512 → 512 3×3 conv at 4×4, batch 128, ran 1.72× faster than ``F.conv2d`` as the
+GEMM kernel on one AMD EPYC and 0.94–1.06× on an Intel Xeon and a second AMD EPYC, where the
+``kh × 1`` kernel won instead (1.36–1.55×); 256 → 256 at 8×8 gained 1.09–1.13× on the two
+EPYCs and lost on the Xeon (0.97×). No static rule fits them all, so ``"auto"``
 measures, like ``torch.backends.cudnn.benchmark``: the first forward of a regular → regular
 conv with a new *key* (its :class:`~gcnn.nn.isotypic.IsotypicPlan`, the input's shape,
 strides, dtype and device, and whether a backward follows) runs each candidate of
@@ -38,7 +40,7 @@ KERNELS: tuple[Kernel, ...] = ("regular", "kh_x_1", "gemm")
 #: Convs with fewer multiply-adds per output pixel (``c_in·c_out·kh·kw/groups``) are not
 #: timed and run ``F.conv2d``: their conv is cheap on any path, and tests and toy models make
 #: them by the hundred. The smallest layers measured sit just above it (64 → 64 1×1, 2¹²:
-#: the GEMM kernel won 1.23× on one AMD EPYC and lost 0.62–0.79× on two other CPUs).
+#: the GEMM kernel won 1.23× on one AMD EPYC and lost 0.51–0.79× on two other CPUs).
 MIN_MACS_TO_TUNE = 2**12
 #: Timed runs per candidate after one warm-up run; the minimum counts.
 TUNING_REPEATS = 3

@@ -98,6 +98,12 @@ def load(machine: str) -> dict[str, str]:
     return {} if path is None else dict(_read(path)["machines"].get(machine, {}))
 
 
+def load_all() -> dict[str, dict[str, str]]:
+    """Every machine's stored choices: machine id → (``repr(key)`` → kernel name)."""
+    path = store_path()
+    return {} if path is None else {m: dict(c) for m, c in _read(path)["machines"].items()}
+
+
 def _write(path: Path, data: dict) -> None:
     """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one."""
     try:

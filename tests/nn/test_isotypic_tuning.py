@@ -253,3 +253,43 @@ def test_the_static_path_times_nothing_and_follows_the_rule(
     conv = FlipConv2d(channels, channels, 3, padding=1, path="static")
     assert conv.kernel_for(torch.randn(2, channels, 8, 8)) == expected
     assert calls == []
+
+
+def test_the_tuning_command_shows_and_clears_only_this_machines_choices(
+    monkeypatch: pytest.MonkeyPatch, fresh_cache: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``gcnn tuning`` reports the stored choice this process made and ``--clear`` removes it;
+    negative control: another machine's entry in the same file survives the clear."""
+    from gcnn.cli import main
+
+    _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 1.0, "gemm": 0.1})
+    conv, x = FlipConv2d(16, 16, 3, padding=1), torch.randn(2, 16, 8, 8)
+    assert conv.kernel_for(x) == "gemm"
+    tuning_store.save("another machine", "some key", "regular")
+    machine = tuning_store.machine_id(x.device)
+
+    assert main(["tuning", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert f"this machine: {machine}\n  1 choice(s): regular 0, kh_x_1 0, gemm 1" in out
+    assert "also stored for: another machine\n  1 choice(s): regular 1" in out
+    assert f"gemm     {tuning.tuning_key(conv._plan(), x, True)!r}" in out
+
+    assert main(["tuning", "--clear"]) == 0
+    assert f"cleared 1 stored choice(s) of {machine}" in capsys.readouterr().out
+    assert json.loads(fresh_cache.read_text())["machines"] == {
+        "another machine": {"some key": "regular"}
+    }
+    assert main(["tuning"]) == 0
+    assert "0 choice(s)" in capsys.readouterr().out
+
+
+def test_the_tuning_command_with_the_cache_off_and_bad_threads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from gcnn.cli import main
+
+    monkeypatch.setenv(tuning_store.ENV_VAR, "off")
+    assert main(["tuning"]) == 0
+    assert "conv tuning cache: off" in capsys.readouterr().out
+    assert main(["tuning", "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
