@@ -36,7 +36,12 @@ def store_path() -> Path | None:
     configured = os.environ.get(ENV_VAR)
     if configured is not None:
         return None if configured.strip().lower() in ("", "off", "0", "none") else Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError:  # no home directory (some containers): keep choices in memory
+            return None
     return Path(base) / "gcnn" / "conv_tuning.json"
 
 

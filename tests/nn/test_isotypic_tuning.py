@@ -293,3 +293,20 @@ def test_the_tuning_command_with_the_cache_off_and_bad_threads(
     assert "conv tuning cache: off" in capsys.readouterr().out
     assert main(["tuning", "--threads", "0"]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_the_cache_file_location_and_a_machine_without_a_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``$XDG_CACHE_HOME/gcnn/conv_tuning.json`` by default; with no home directory at all the
+    choices stay in memory (``None``) instead of failing the forward."""
+    monkeypatch.delenv(tuning_store.ENV_VAR)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert tuning_store.store_path() == tmp_path / "gcnn" / "conv_tuning.json"
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert tuning_store.store_path() is None
