@@ -82,15 +82,13 @@ def interleave(a: Tensor, b: Tensor, dim: int) -> Tensor:
     return torch.stack((a, b), dim=dim + 1).flatten(dim, dim + 1)
 
 
-@lru_cache(maxsize=64)
 def _pair_mirror_index(kh: int, kw: int, device: torch.device) -> Tensor:
     """The permutation of one input pair's ``2·kh·kw`` weights that swaps the pair and mirrors
     the kernel width (an involution)."""
     return torch.arange(2 * kh * kw, device=device).view(2, kh, kw).flip((0, 2)).reshape(-1)
 
 
-@lru_cache(maxsize=256)
-def _pair_rows_index(channels: int, kh: int, kw: int, device: torch.device) -> Tensor:
+def _build_pair_rows_index(channels: int, kh: int, kw: int, device: torch.device) -> Tensor:
     """``(2, L)`` with ``L = channels·kh·kw``: row 0 the identity, row 1 the permutation of a
     flattened ``(channels, kh, kw)`` filter with all-pair channels that swaps every pair and
     mirrors the kernel width (:func:`_pair_mirror_index` on each pair; an involution). One
@@ -99,6 +97,18 @@ def _pair_rows_index(channels: int, kh: int, kw: int, device: torch.device) -> T
     starts = torch.arange(0, channels * kh * kw, block, device=device)
     mirror = (starts[:, None] + _pair_mirror_index(kh, kw, device)).reshape(-1)
     return torch.stack((torch.arange(channels * kh * kw, device=device), mirror))
+
+
+_cached_pair_rows_index = lru_cache(maxsize=256)(_build_pair_rows_index)
+
+
+def _pair_rows_index(channels: int, kh: int, kw: int, device: torch.device) -> Tensor:
+    """:func:`_build_pair_rows_index`, cached in eager mode. Under ``torch.compile`` it is
+    built in the graph: dynamo does not honour ``lru_cache`` (it traces the wrapped function
+    anyway) and warns each process that meets one."""
+    if torch.compiler.is_compiling():
+        return _build_pair_rows_index(channels, kh, kw, device)
+    return _cached_pair_rows_index(channels, kh, kw, device)
 
 
 class _PairRows(torch.autograd.Function):
