@@ -75,8 +75,10 @@ class TrainConfig:
         if self.inv_target not in ("logits", "features"):
             raise UsageError(f"--inv-target must be logits or features, not {self.inv_target!r}")
         if self.conv_path not in CONV_PATHS:
+            renamed = " (the measured 'tuned' path is now 'auto', the default)"
             raise UsageError(
                 f"--conv-path must be one of {', '.join(CONV_PATHS)}, not {self.conv_path!r}"
+                + (renamed if self.conv_path == "tuned" else "")
             )
         rules = {  # field: (valid, rule)
             "epochs": (self.epochs >= 1, "≥ 1"),

@@ -75,5 +75,9 @@ def test_forcing_a_path_on_a_plain_model_is_a_usage_error(fmnist_small) -> None:
                       conv_path="isotypic")  # fmt: skip
     with pytest.raises(UsageError, match="has none"):
         build_model(cfg, fmnist_small, seed=0)
-    with pytest.raises(UsageError, match="--conv-path must be one of"):
+    with pytest.raises(UsageError, match="--conv-path must be one of") as unknown:
         TrainConfig(conv_path="fast")
+    assert "now 'auto'" not in str(unknown.value)
+    # a run configured with the former measured path is told its new name
+    with pytest.raises(UsageError, match="the measured 'tuned' path is now 'auto'"):
+        TrainConfig(conv_path="tuned")
