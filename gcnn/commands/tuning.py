@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"conv tuning cache: off (${tuning_store.ENV_VAR}); choices live in memory only")
         return 0
     machine = tuning_store.machine_id(torch.device("cpu"))
-    choices = tuning_store.load(machine)
+    stored = tuning_store.load_all()  # one read of the file for everything below
+    choices = stored.get(machine, {})
     if args.clear:
         tuning_store.forget(machine)
         print(f"cleared {len(choices)} stored choice(s) of {machine} from {path}")
@@ -58,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"conv tuning cache: {path}{'' if path.exists() else ' (not written yet)'}")
     print(f"this machine: {machine}")
     print(f"  {_summary(choices)}")
-    others = {m: c for m, c in tuning_store.load_all().items() if m != machine}
-    for other, stored in sorted(others.items()):
-        print(f"also stored for: {other}\n  {_summary(stored)}")
+    for other, other_choices in sorted(stored.items()):
+        if other != machine:
+            print(f"also stored for: {other}\n  {_summary(other_choices)}")
     if args.verbose:
         for key, kernel in sorted(choices.items()):
             print(f"{kernel:8s} {key}")

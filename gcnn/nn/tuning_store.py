@@ -97,16 +97,15 @@ def _read(path: Path) -> dict:
         return {"version": FORMAT_VERSION, "machines": {}}
 
 
-def load(machine: str) -> dict[str, str]:
-    """The stored choices of ``machine``: ``repr(key)`` → kernel name (empty when none)."""
-    path = store_path()
-    return {} if path is None else dict(_read(path)["machines"].get(machine, {}))
-
-
 def load_all() -> dict[str, dict[str, str]]:
     """Every machine's stored choices: machine id → (``repr(key)`` → kernel name)."""
     path = store_path()
     return {} if path is None else {m: dict(c) for m, c in _read(path)["machines"].items()}
+
+
+def load(machine: str) -> dict[str, str]:
+    """The stored choices of ``machine``: ``repr(key)`` → kernel name (empty when none)."""
+    return load_all().get(machine, {})
 
 
 def _write(path: Path, data: dict) -> None:
