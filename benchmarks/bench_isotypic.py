@@ -9,7 +9,10 @@ times its kernels during warm-up and keeps the fastest; the choices are kept in 
 follows the static rule under ``torch.compile``) and the flip model forced onto
 ``path="regular"``. The ratios are
 medians of the within-round throughput ratios (machine load hits every model of a round
-alike); absolute images/s are medians too.
+alike); absolute images/s are medians too. Each row also keeps every round's images/s
+(``round_images_per_s``) and the lowest and highest within-round ratio (``ratio_range``), so
+the medians can be recomputed and their spread read: ``benchmarks/recheck_isotypic.py FILE``
+does both.
 
 CPU: fp32, channels-first input. GPU (``--device cuda``): bf16 autocast, channels-last input,
 batch 512 / 2048 by default.
@@ -37,6 +40,7 @@ os.environ["GCNN_TUNING_CACHE"] = "off"  # before gcnn: every run times its own 
 
 import gcnn
 from gcnn.nn import set_conv_path
+from gcnn.nn.tuning_store import machine_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_flip_vs_plain import make_step, time_steps, write_report  # noqa: E402
@@ -104,13 +108,10 @@ def bench(
     for _ in range(args.rounds):
         for key in keys:
             rates[key].append(batch * args.steps / time_steps(steps[key], args.steps, device))
-    ratios = {
-        f"{key}/plain": round(
-            statistics.median(a / b for a, b in zip(rates[key], rates["plain"], strict=True)), 3
-        )
-        for key in keys
-        if key != "plain"
-    }
+    ratios, ranges = {}, {}
+    for key in (k for k in keys if k != "plain"):
+        name = f"{key}/plain"
+        ratios[name], ranges[name] = ratio_summary(rates[key], rates["plain"])
     return {
         "arch": arch,
         "width": width if ARCHS[arch][3] else None,
@@ -119,9 +120,20 @@ def bench(
         "mode": "compile" if compile_ else "eager",
         "images_per_s": {key: round(statistics.median(r), 1) for key, r in rates.items()},
         "ratios": ratios,
+        "ratio_range": ranges,
+        "round_images_per_s": rates,
         "warmup_s": warmup_s,
         "rounds": args.rounds,
     }
+
+
+def ratio_summary(rates: list[float], reference: list[float]) -> tuple[float, list[float]]:
+    """Median and ``[min, max]`` of the within-round ratios ``rates[i] / reference[i]``."""
+    per_round = [a / b for a, b in zip(rates, reference, strict=True)]
+    return round(statistics.median(per_round), 3), [
+        round(min(per_round), 3),
+        round(max(per_round), 3),
+    ]
 
 
 def cpu_name() -> str:
@@ -143,6 +155,7 @@ def environment(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "device": name,
+        "machine_id": machine_id(device),
         "cpu_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
