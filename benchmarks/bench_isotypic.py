@@ -14,6 +14,12 @@ alike); absolute images/s are medians too. Each row also keeps every round's ima
 the medians can be recomputed and their spread read: ``benchmarks/recheck_isotypic.py FILE``
 does both.
 
+On the CPU glibc's allocator is pinned first (:mod:`glibc_malloc`: no ``mmap`` for blocks up to
+32 MiB, no trimming), unless ``--malloc default``: otherwise whether a step's activations
+fault in fresh pages depends on what ran before it, and that moved one model's step time by a
+third. Each row records the minor page faults per timed step of each model
+(``page_faults_per_step``).
+
 CPU: fp32, channels-first input. GPU (``--device cuda``): bf16 autocast, channels-last input,
 batch 512 / 2048 by default.
 
@@ -43,6 +49,7 @@ from gcnn.nn import set_conv_path
 from gcnn.nn.tuning_store import machine_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import glibc_malloc  # noqa: E402
 from bench_flip_vs_plain import make_step, time_steps, write_report  # noqa: E402
 
 #: arch → (plain builder, flip builder, input size, widths it takes)
@@ -105,9 +112,13 @@ def bench(
             steps[key]()
         warmup_s[key] = round(time.perf_counter() - start, 1)
     rates: dict[str, list[float]] = {key: [] for key in keys}
+    faults = dict.fromkeys(keys, 0)
     for _ in range(args.rounds):
         for key in keys:
+            before = glibc_malloc.minor_faults()
             rates[key].append(batch * args.steps / time_steps(steps[key], args.steps, device))
+            faults[key] += glibc_malloc.minor_faults() - before
+    timed_steps = args.rounds * args.steps
     ratios, ranges = {}, {}
     for key in (k for k in keys if k != "plain"):
         name = f"{key}/plain"
@@ -122,6 +133,7 @@ def bench(
         "ratios": ratios,
         "ratio_range": ranges,
         "round_images_per_s": rates,
+        "page_faults_per_step": {k: round(n / timed_steps) for k, n in faults.items()},
         "warmup_s": warmup_s,
         "rounds": args.rounds,
     }
@@ -150,8 +162,8 @@ def cpu_name() -> str:
     return f"{model} ({platform.machine()})"
 
 
-def environment(device: torch.device) -> dict:
-    """Device, library versions and numeric settings of the run."""
+def environment(device: torch.device, allocator: str = "default") -> dict:
+    """Device, library versions, allocator and numeric settings of the run."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "device": name,
@@ -162,6 +174,7 @@ def environment(device: torch.device) -> dict:
         "gcnn": gcnn.__version__,
         "python": platform.python_version(),
         "numerics": "bf16 autocast, channels_last input" if device.type == "cuda" else "fp32",
+        "cpu_allocator": allocator,
     }
 
 
@@ -183,6 +196,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1, help="training steps per timed unit")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2, help="steps before timing (compiles)")
+    p.add_argument(
+        "--malloc",
+        choices=["pinned", "default"],
+        default="pinned",
+        help="pinned (default): fix glibc's mmap and trim thresholds first (glibc_malloc.py)",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if "plain" not in args.variants:
@@ -190,6 +209,7 @@ def main() -> None:
     device = torch.device(args.device)
     batches = args.batch_sizes or ([512, 2048] if device.type == "cuda" else [32, 128])
     warnings.simplefilter("ignore", gcnn.FlipExactnessWarning)
+    allocator = glibc_malloc.pin() if args.malloc == "pinned" else "default"
     results = []
     for arch in args.archs:
         for width in args.widths if ARCHS[arch][3] else [1.0]:
@@ -198,7 +218,7 @@ def main() -> None:
                     row = bench(arch, width, batch, mode == "compile", device, args)
                     results.append(row)
                     print(json.dumps(row), flush=True)
-    write_report(results, environment(device), args.out)
+    write_report(results, environment(device, allocator), args.out)
 
 
 if __name__ == "__main__":
