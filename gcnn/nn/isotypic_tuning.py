@@ -2,10 +2,10 @@
 
 Which kernel computes a regular → regular flip conv fastest — ``F.conv2d`` on the full weight,
 or one of the two s/d kernels at half the multiply-adds — depends on the processor, not only on
-the conv: on three 2-core CPUs (``benchmarks/results/isotypic_cpu_*_layers.json``, forward +
+the conv: on four 2-core CPUs (``benchmarks/results/isotypic_cpu_*_layers.json``, forward +
 backward) a 512 → 512 3×3 conv at 4×4, batch 128, ran 1.72× faster than ``F.conv2d`` as the
-GEMM kernel on one AMD EPYC and 0.94–1.06× on an Intel Xeon and a second AMD EPYC, where the
-``kh × 1`` kernel won instead (1.36–1.55×); 256 → 256 at 8×8 gained 1.09–1.13× on the two
+GEMM kernel on one AMD EPYC and 0.60–1.06× on an Intel Xeon and two other AMD EPYCs, where the
+``kh × 1`` kernel won instead (1.24–1.55×); 256 → 256 at 8×8 gained 1.05–1.13× on the three
 EPYCs and lost on the Xeon (0.97×). No static rule fits them all, so ``"auto"``
 measures, like ``torch.backends.cudnn.benchmark``: the first forward of a regular → regular
 conv with a new *key* (its :class:`~gcnn.nn.isotypic.IsotypicPlan`, the input's shape,
