@@ -5,9 +5,10 @@ fresh ``mmap`` and gives freed memory at the top of the heap back once more than
 ``M_TRIM_THRESHOLD`` is free; both thresholds move with the history of allocations (the
 "dynamic threshold"). So whether a training step's activations land on memory the process
 already holds, or on new pages the kernel must fault in and zero, depends on what ran before:
-on a 2-core AMD EPYC, plain ResNet50 at batch 32 took 50 000 minor page faults and 0.19 s of
-system time per 0.6 s step in one process, and none after :func:`pin` (0.45–0.5 s per step).
-Interleaved benchmarks of several models change that history from round to round.
+on a 2-core AMD EPYC, plain ResNet50 at batch 32 took 50 600–53 500 minor page faults and
+0.19–0.20 s of system time per 0.6–0.7 s step, and 0–320 faults with the thresholds pinned
+(0.44–0.51 s per step; benchmarks/README.md). Interleaved benchmarks of several models change
+that history from round to round.
 
 :func:`pin` fixes both thresholds (``mallopt``; the same as starting Python with
 ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647``): blocks up to 32 MiB
