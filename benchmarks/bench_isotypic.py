@@ -51,6 +51,7 @@ from gcnn.nn.tuning_store import machine_id
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glibc_malloc  # noqa: E402
 from bench_flip_vs_plain import make_step, time_steps, write_report  # noqa: E402
+from recheck_isotypic import ratio_summary  # noqa: E402
 
 #: arch → (plain builder, flip builder, input size, widths it takes)
 ARCHS = {
@@ -137,15 +138,6 @@ def bench(
         "warmup_s": warmup_s,
         "rounds": args.rounds,
     }
-
-
-def ratio_summary(rates: list[float], reference: list[float]) -> tuple[float, list[float]]:
-    """Median and ``[min, max]`` of the within-round ratios ``rates[i] / reference[i]``."""
-    per_round = [a / b for a, b in zip(rates, reference, strict=True)]
-    return round(statistics.median(per_round), 3), [
-        round(min(per_round), 3),
-        round(max(per_round), 3),
-    ]
 
 
 def cpu_name() -> str:

@@ -17,8 +17,15 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_isotypic import ratio_summary  # noqa: E402
+
+def ratio_summary(rates: list[float], reference: list[float]) -> tuple[float, list[float]]:
+    """Median and ``[min, max]`` of the within-round ratios ``rates[i] / reference[i]``
+    (rounded to 3 decimals, as ``bench_isotypic.py`` stores them)."""
+    per_round = [a / b for a, b in zip(rates, reference, strict=True)]
+    return round(statistics.median(per_round), 3), [
+        round(min(per_round), 3),
+        round(max(per_round), 3),
+    ]
 
 
 def recheck_row(row: dict) -> list[str]:
