@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from gcnn.nn.expansion import expand_bias
 from gcnn.nn.fields import Fields, FieldSpec, check_field_spec
@@ -136,36 +139,20 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm, FlipModule):
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     def _normalise_pairs_by_channel(self, x: Tensor, factor: float) -> Tensor:
-        """Train-mode pair statistics from per-channel ones, for ``torch.compile``: inductor
-        turns per-channel reductions over ``(B, H, W)`` into fast fused code (as for
-        :class:`torch.nn.BatchNorm2d`), while its code for ``batch_norm`` on the
-        ``(B, C/2, 2H, W)`` view ran ≈ 5× slower on CPU. With channel means ``m_a, m_b`` and
-        biased variances ``v_a, v_b`` of a pair (equal counts ``n = B·H·W`` each):
-
-            ``μ = (m_a + m_b)/2``,   ``σ² = (v_a + v_b)/2 + ((m_a − m_b)/2)²``,
-
-        the running variance gets the unbiased ``σ²·2n/(2n − 1)``, as ``F.batch_norm`` does.
-        All-pair layouts only (mixed ones keep the view path: updating one slice of the
-        running buffers in place here trips autograd's version check on the other's)."""
-        running = self.track_running_stats and self.running_mean is not None
-        b, _, h, w = x.shape
-        var_c, mean_c = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-        means = mean_c.view(-1, 2)
-        mean = means.mean(1)
-        var = var_c.view(-1, 2).mean(1) + ((means[:, 0] - means[:, 1]) / 2) ** 2
-        if running:
+        """Train-mode pair statistics from per-channel ones, for ``torch.compile``
+        (:class:`_PairBatchNorm`): inductor's code for ``batch_norm`` on the
+        ``(B, C/2, 2H, W)`` view ran ≈ 5× slower on CPU. The running variance gets the
+        unbiased ``σ²·2n/(2n − 1)``, as ``F.batch_norm`` does. All-pair layouts only (mixed
+        ones keep the view path: updating one slice of the running buffers in place here trips
+        autograd's version check on the other's)."""
+        y, mean, var = _PairBatchNorm.apply(x, self.weight, self.bias, self.eps)
+        if self.track_running_stats and self.running_mean is not None:
+            b, _, h, w = x.shape
             count = 2 * b * h * w
             with torch.no_grad():
                 self.running_mean.lerp_(mean, factor)
                 self.running_var.lerp_(var * count / max(count - 1, 1), factor)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        per_channel = (scale.repeat_interleave(2), shift.repeat_interleave(2))
-        return x * per_channel[0][:, None, None] + per_channel[1][:, None, None]
+        return y
 
     @torch.no_grad()
     def export(self) -> nn.BatchNorm2d:
@@ -228,3 +215,77 @@ def pair_mean(values: Tensor, fields: Fields) -> Tensor:
     """``(C,) → (t + r,)``: trivial channels kept, each pair averaged."""
     t = fields.trivial
     return torch.cat((values[:t], values[t:].view(-1, 2).mean(1)))
+
+
+class _PairBatchNorm(torch.autograd.Function):
+    r"""Train-mode BatchNorm of ``x`` ``(B, C, H, W)`` with statistics shared by the channel
+    pairs ``(2k, 2k + 1)``, in per-channel reductions and per-channel pointwise passes (for
+    ``torch.compile``).
+
+    Forward, with channel means ``m_a, m_b`` and biased variances ``v_a, v_b`` of pair ``k``
+    over ``n = B·H·W`` values each: ``μ = (m_a + m_b)/2``,
+    ``σ² = (v_a + v_b)/2 + ((m_a − m_b)/2)²``, ``r = (σ² + ε)^(-1/2)``,
+    ``y = γ (x − μ) r + β`` (``γ, β`` ``(C/2,)`` or ``None``). Returns ``y`` and the pair
+    ``μ, σ²`` (for the running statistics; not differentiated).
+
+    Backward, the BatchNorm gradient with ``N = 2n`` values per pair and ``x̂ = (x − μ) r``:
+    ``∂β = Σ g``, ``∂γ = Σ g x̂`` (sums over a pair), ``∂x = γ r (g − ∂β/N − x̂ ∂γ/N)``.
+
+    Every per-pair coefficient reaches the ``(B, C, H, W)`` passes as a ``(C,)`` vector made
+    by :func:`_to_channels`, so inductor's generated loops read it at the channel index
+    ``c``; a plain ``repeat_interleave`` fuses into them as a scalar load at ``c // 2`` per
+    element, which kept its CPU loops from vectorising over channels-last data.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        var_c, mean_c = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        means = mean_c.view(-1, 2)
+        mean = means.mean(1)
+        var = var_c.view(-1, 2).mean(1) + ((means[:, 0] - means[:, 1]) / 2) ** 2
+        rstd = torch.rsqrt(var + eps)
+        scale = rstd if weight is None else rstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        y = x * _to_channels(scale) + _to_channels(shift)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: Tensor, _mean: Tensor | None, _var: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x, weight, mean, rstd = ctx.saved_tensors
+        count = 2 * x.numel() // x.shape[1]
+        centred = x - _to_channels(mean)
+        grad_bias = grad.sum(dim=(0, 2, 3)).view(-1, 2).sum(1)
+        grad_weight = (grad * centred).sum(dim=(0, 2, 3)).view(-1, 2).sum(1) * rstd
+        gain = rstd if weight is None else rstd * weight
+        grad_x = (
+            grad * _to_channels(gain)
+            - _to_channels(gain * grad_bias / count)
+            - centred * _to_channels(gain * rstd * grad_weight / count)
+        )
+        needs = ctx.needs_input_grad
+        return (
+            grad_x if needs[0] else None,
+            grad_weight if weight is not None and needs[1] else None,
+            grad_bias if needs[2] else None,
+            None,
+        )
+
+
+#: Copies :func:`_to_channels` reduces over: more than inductor unrolls into its consumer
+#: (``torch._inductor.config.unroll_reductions_threshold``, 8).
+_COPIES = 16
+
+
+def _to_channels(pair_values: Tensor) -> Tensor:
+    """``(C/2,)`` → ``(C, 1, 1)``: each pair's value on both its channels, as the maximum of
+    identical copies (exact). A reduction too long to unroll, so inductor computes it into a
+    ``(C,)`` buffer of its own instead of inlining the ``c // 2`` gather into its consumer."""
+    copies = pair_values[:, None, None].expand(-1, 2, _COPIES)
+    return copies.reshape(-1, _COPIES).amax(1)[:, None, None]

@@ -145,8 +145,12 @@ def test_inplace_relu_after_batchnorm_gives_the_right_gradients(shape, channels_
     assert "CopySlices" in _autograd_nodes(torch.relu_(reference_pair_batchnorm(bn, xr)))
 
 
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_compiled_train_mode_uses_pair_statistics_from_channel_statistics(momentum) -> None:
+@pytest.mark.parametrize(
+    ("momentum", "backend"), [(0.1, "aot_eager"), (None, "aot_eager"), (0.1, "inductor")]
+)
+def test_compiled_train_mode_uses_pair_statistics_from_channel_statistics(
+    momentum, backend
+) -> None:
     """Under ``torch.compile`` train-mode pair statistics come from per-channel ones
     (``μ = (m_a + m_b)/2``, ``σ² = (v_a + v_b)/2 + ((m_a − m_b)/2)²``): outputs, gradients and
     running statistics equal eager mode's over two steps. Negative control: per-channel
@@ -158,7 +162,7 @@ def test_compiled_train_mode_uses_pair_statistics_from_channel_statistics(moment
         bn.bias.normal_()
     twin = FlipBatchNorm2d(8, momentum=momentum).double()
     twin.load_state_dict(bn.state_dict())
-    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(twin, backend=backend, fullgraph=True)
     for _ in range(2):
         x = torch.randn(4, 8, 5, 6, dtype=torch.float64, requires_grad=True)
         y = bn(x)
