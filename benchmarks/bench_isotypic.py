@@ -5,8 +5,9 @@ cross-entropy, backward, SGD step) in turn, round after round: the plain model, 
 in channels-last memory format, the flip model on its default ``path="auto"`` (each conv
 times its kernels during warm-up and keeps the fastest; the choices are kept in memory only,
 ``GCNN_TUNING_CACHE=off``, so every run measures afresh), the flip model on ``path="static"``
-(the isotypic fast path where a fixed rule says it wins; compiled runs skip it, as ``"auto"``
-follows the static rule under ``torch.compile``) and the flip model forced onto
+(the isotypic fast path where a fixed rule says it wins; under ``torch.compile`` ``"auto"``
+times its kernels while dynamo traces, so the two differ there too) and the flip model forced
+onto
 ``path="regular"``. The ratios are
 medians of the within-round throughput ratios (machine load hits every model of a round
 alike); absolute images/s are medians too. Each row also keeps every round's images/s
@@ -104,7 +105,7 @@ def bench(
     if device.type == "cuda":
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
-    keys = [k for k in args.variants if not (compile_ and VARIANTS[k][1] == "static")]
+    keys = list(args.variants)
     steps, warmup_s = {}, {}
     for key in keys:
         start = time.perf_counter()

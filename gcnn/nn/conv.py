@@ -13,6 +13,11 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+try:  # a size hint without a guard (dynamo folds it to a constant while tracing)
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+except ImportError:  # pragma: no cover - older torch
+    optimization_hint = None  # type: ignore[assignment]
+
 from gcnn.nn.expansion import (
     ConvFields,
     FreeWeights,
@@ -80,8 +85,9 @@ class FlipConv2d(FlipModule):
     ``"auto"`` (default) measures: a regular → regular conv times the regular path and both
     isotypic kernels on the first forward of each input shape on a machine and keeps the
     fastest, in the process and in a per-machine file, so later runs there make the same
-    choice (:mod:`gcnn.nn.isotypic_tuning`; tiny convs run ``F.conv2d`` untimed, and under
-    ``torch.compile`` the static rule decides); ``"static"`` takes the isotypic path where a
+    choice (:mod:`gcnn.nn.isotypic_tuning`; tiny convs run ``F.conv2d`` untimed; under
+    ``torch.compile`` the kernels are timed while dynamo traces); ``"static"`` takes the
+    isotypic path where a
     fixed rule read off CPU measurements says it is faster
     (:func:`gcnn.nn.isotypic.prefers_isotypic`), never timing anything. Set it on a whole
     model with :func:`set_conv_path`. State dicts and :meth:`export` do not depend on it.
@@ -175,7 +181,7 @@ class FlipConv2d(FlipModule):
         if self.path == "isotypic":
             return self._isotypic_kernel()
         plan = self._plan()
-        if self.path == "auto" and plan.eager_pairs and not torch.compiler.is_compiling():
+        if self.path == "auto" and plan.eager_pairs:
             return self._tuned_kernel(x) if worth_tuning(macs_per_pixel(plan)) else "regular"
         return self._static_kernel()
 
@@ -188,15 +194,30 @@ class FlipConv2d(FlipModule):
         return "gemm" if prefers_gemm(plan) else "kh_x_1"
 
     def _tuned_kernel(self, x: Tensor) -> Kernel:
+        """The measured kernel for ``x``. While ``torch.compile`` traces, ``x`` is a fake
+        tensor: the kernels are timed on a stand-in of its layout
+        (:func:`_kernel_at_trace_time`) and the choice enters the graph as a constant."""
         params = [self.weight] + ([] if self.bias is None else [self.bias])
         backward = needs_backward(x, params)
+        if torch.compiler.is_compiling():
+            if optimization_hint is None:  # a torch without it: the static rule, as before
+                return self._static_kernel()  # type: ignore[return-value]
+            # Dynamic shapes are SymInts: time the sizes seen while tracing (their hints).
+            shape = tuple(optimization_hint(n) for n in x.shape)
+            stride = tuple(optimization_hint(n) for n in x.stride())
+            layout = (shape, stride, x.dtype, x.device, x.requires_grad)
+            return _kernel_at_trace_time(self, layout, backward)
+        return self._measured_kernel(x, backward)
+
+    def _measured_kernel(self, x: Tensor, backward: bool) -> Kernel:
+        """:func:`~gcnn.nn.isotypic_tuning.tuned_kernel` for ``x`` (a real tensor)."""
         key = tuning_key(self._plan(), x, backward)
         candidates = partial(self._tuning_candidates, x, backward)
         return tuned_kernel(key, x.device, candidates, backward, self._static_kernel)  # type: ignore[arg-type]
 
     def _static_kernel(self) -> Kernel | Literal["isotypic"]:
-        """The static rule's kernel (the ``"static"`` path; ``"auto"`` under ``torch.compile``
-        and its pick on near-ties)."""
+        """The static rule's kernel (the ``"static"`` path, and ``"auto"``'s pick on
+        near-ties)."""
         return self._isotypic_kernel() if self._static_isotypic() else "regular"
 
     def _tuning_candidates(self, x: Tensor, backward: bool) -> dict[Kernel, Callable[[], Tensor]]:
@@ -391,6 +412,28 @@ class FlipConv2d(FlipModule):
         if self.path != "auto":
             s += f", path={self.path}"
         return s + f", {_describe(self.in_type)}→{_describe(self.out_type)}"
+
+
+#: What :func:`_kernel_at_trace_time` needs of a traced input: shape, strides, dtype, device,
+#: and whether it requires a gradient.
+InputLayout = tuple[tuple[int, ...], tuple[int, ...], torch.dtype, torch.device, bool]
+
+
+@torch.compiler.assume_constant_result
+def _kernel_at_trace_time(conv: FlipConv2d, layout: InputLayout, backward: bool) -> Kernel:
+    """``conv``'s measured kernel for an input of ``layout``, called while dynamo traces.
+
+    ``assume_constant_result``: dynamo runs it once, in Python, and its answer is a constant
+    of the graph (no branch, no guard). The kernels are timed on a random stand-in with the
+    traced input's shape and strides (drawn from a private generator: the global RNG stream is
+    not touched), through the per-process cache and per-machine file of eager mode, so a conv
+    measured in an eager run is not timed again when compiled, and the reverse."""
+    shape, stride, dtype, device, requires_grad = layout
+    generator = torch.Generator(device).manual_seed(0)
+    x = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+    x.normal_(generator=generator).requires_grad_(requires_grad)
+    with torch.set_grad_enabled(backward):
+        return conv._measured_kernel(x, backward)
 
 
 def _op_tool_active(x: Tensor) -> bool:

@@ -19,8 +19,10 @@ Each choice is kept for the process and written to a per-machine file
 choice then does not change from run to run on one machine, so training stays bit-reproducible
 there (a resumed run computes what the uninterrupted one did). Convs below
 :data:`MIN_MACS_TO_TUNE` multiply-adds per output pixel are not timed (cheap on any
-path) and run ``F.conv2d``; under ``torch.compile``, and on the
-``"static"`` path, the static rule decides without timing.
+path) and run ``F.conv2d``; on the ``"static"`` path the static rule decides without timing.
+Under ``torch.compile`` dynamo traces fake tensors, so the kernels are timed on a random
+stand-in of the traced input's layout while it traces, and the choice enters the graph as a
+constant (``gcnn.nn.conv._kernel_at_trace_time``); a choice stored by an eager run is reused.
 """
 
 from __future__ import annotations

@@ -243,6 +243,89 @@ def test_convs_below_the_floor_run_the_regular_path_untimed(
     assert len(calls) == 1
 
 
+def _compile_recording_ops(conv: FlipConv2d) -> tuple[object, list[str]]:
+    """``conv`` compiled (one graph) by a backend that keeps the graph's op names."""
+    captured: list[str] = []
+
+    def record_ops(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        captured.extend(str(node.target) for node in graph.graph.nodes)
+        return graph.forward
+
+    return torch.compile(conv, backend=record_ops, fullgraph=True), captured
+
+
+#: An op that only the graph of each kernel holds.
+KERNEL_OPS = {"kh_x_1": "gcnn.pair_pieces", "gemm": "gcnn.pair_im2col"}
+
+
+@pytest.mark.parametrize("fastest", tuning.KERNELS)
+def test_under_compile_the_kernels_are_timed_while_tracing(
+    monkeypatch: pytest.MonkeyPatch, fastest: str
+) -> None:
+    """``torch.compile`` traces fake tensors: ``"auto"`` times the kernels once, on a stand-in
+    of the traced input, and the graph holds the fastest kernel's ops and no other's; the
+    outputs and gradients are eager mode's, the global RNG stream is untouched, and eager mode
+    then reuses the choice (same key) without timing again."""
+    calls = _fake_timings(monkeypatch, {k: 0.5 if k == fastest else 1.0 for k in tuning.KERNELS})
+    torch.manual_seed(0)
+    conv = FlipConv2d(16, 16, 3, padding=1)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    compiled, captured = _compile_recording_ops(conv)
+    rng = torch.get_rng_state()
+    y = compiled(x)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert calls == [tuning.KERNELS]
+    assert list(tuning.tuned_choices().values()) == [fastest]
+    for kernel, op in KERNEL_OPS.items():
+        assert any(t.startswith(op) for t in captured) == (kernel == fastest), (kernel, captured)
+    g = torch.randn_like(y)
+    got = [y, *torch.autograd.grad(y, [x, conv.weight, conv.bias], g)]
+    y = conv(x)
+    expected = [y, *torch.autograd.grad(y, [x, conv.weight, conv.bias], g)]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 1
+
+
+def test_under_compile_real_timings_pick_the_kernel_the_graph_runs() -> None:
+    """The same with the kernels really timed inside dynamo's trace (on real stand-in tensors,
+    forward and backward): one choice, and the graph runs it."""
+    conv = FlipConv2d(32, 32, 3, padding=1)
+    compiled, captured = _compile_recording_ops(conv)
+    compiled(torch.randn(2, 32, 8, 8, requires_grad=True)).sum().backward()
+    (choice,) = tuning.tuned_choices().values()
+    for kernel, op in KERNEL_OPS.items():
+        assert any(t.startswith(op) for t in captured) == (kernel == choice), (choice, captured)
+    assert conv.weight.grad is not None
+
+
+def test_under_compile_with_dynamic_shapes_the_traced_sizes_are_timed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``dynamic=True`` the traced sizes are symbols: the kernels are timed once on the
+    sizes seen while tracing (their hints, no guard), and the one graph serves other batch
+    sizes, equal to eager mode."""
+    calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 1.0, "gemm": 0.1})
+    conv = FlipConv2d(16, 16, 3, padding=1)
+    compiled = torch.compile(conv, dynamic=True, fullgraph=True, backend="aot_eager")
+    for batch in (3, 5):
+        x = torch.randn(batch, 16, 8, 8)
+        torch.testing.assert_close(compiled(x), conv(x), rtol=1e-5, atol=1e-5)
+    choices = tuning.tuned_choices()
+    # the trace timed batch 3 (eager mode's batch 3 reused it); eager mode's batch 5 is new
+    assert [key[1] for key in choices] == [(3, 16, 8, 8), (5, 16, 8, 8)]
+    assert len(calls) == 2 and set(choices.values()) == {"gemm"}
+
+
+def test_under_compile_the_static_path_times_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control: on ``"static"`` the compiled graph follows the rule (the regular
+    path for this small conv) and nothing is timed."""
+    calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 0.1, "gemm": 1.0})
+    compiled, captured = _compile_recording_ops(FlipConv2d(16, 16, 3, padding=1, path="static"))
+    compiled(torch.randn(2, 16, 8, 8, requires_grad=True))
+    assert calls == [] and not any(t.startswith("gcnn.") for t in captured)
+
+
 @pytest.mark.parametrize(("channels", "expected"), [(16, "regular"), (256, "kh_x_1")])
 def test_the_static_path_times_nothing_and_follows_the_rule(
     monkeypatch: pytest.MonkeyPatch, channels: int, expected: str
