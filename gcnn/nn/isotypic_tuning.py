@@ -20,9 +20,10 @@ choice then does not change from run to run on one machine, so training stays bi
 there (a resumed run computes what the uninterrupted one did). Convs below
 :data:`MIN_MACS_TO_TUNE` multiply-adds per output pixel are not timed (cheap on any
 path) and run ``F.conv2d``; on the ``"static"`` path the static rule decides without timing.
-Under ``torch.compile`` dynamo traces fake tensors, so the kernels are timed on a random
-stand-in of the traced input's layout while it traces, and the choice enters the graph as a
-constant (``gcnn.nn.conv._kernel_at_trace_time``); a choice stored by an eager run is reused.
+Under ``torch.compile`` dynamo traces fake tensors, so the kernels are timed while it traces,
+on a random channels-last stand-in of the traced input (inductor runs a graph's convs
+channels-last), and the choice enters the graph as a constant
+(``gcnn.nn.conv._kernel_at_trace_time``).
 """
 
 from __future__ import annotations

@@ -262,10 +262,11 @@ KERNEL_OPS = {"kh_x_1": "gcnn.pair_pieces", "gemm": "gcnn.pair_im2col"}
 def test_under_compile_the_kernels_are_timed_while_tracing(
     monkeypatch: pytest.MonkeyPatch, fastest: str
 ) -> None:
-    """``torch.compile`` traces fake tensors: ``"auto"`` times the kernels once, on a stand-in
-    of the traced input, and the graph holds the fastest kernel's ops and no other's; the
-    outputs and gradients are eager mode's, the global RNG stream is untouched, and eager mode
-    then reuses the choice (same key) without timing again."""
+    """``torch.compile`` traces fake tensors: ``"auto"`` times the kernels once, on a
+    channels-last stand-in of the traced input, and the graph holds the fastest kernel's ops
+    and no other's; the outputs and gradients are eager mode's, the global RNG stream is
+    untouched, and eager mode on a channels-last input reuses the choice (same key) without
+    timing again."""
     calls = _fake_timings(monkeypatch, {k: 0.5 if k == fastest else 1.0 for k in tuning.KERNELS})
     torch.manual_seed(0)
     conv = FlipConv2d(16, 16, 3, padding=1)
@@ -275,16 +276,20 @@ def test_under_compile_the_kernels_are_timed_while_tracing(
     y = compiled(x)
     assert torch.equal(torch.get_rng_state(), rng)
     assert calls == [tuning.KERNELS]
-    assert list(tuning.tuned_choices().values()) == [fastest]
+    ((key, choice),) = tuning.tuned_choices().items()
+    assert choice == fastest and key[1:3] == ((2, 16, 8, 8), (1024, 1, 128, 16))
     for kernel, op in KERNEL_OPS.items():
         assert any(t.startswith(op) for t in captured) == (kernel == fastest), (kernel, captured)
     g = torch.randn_like(y)
     got = [y, *torch.autograd.grad(y, [x, conv.weight, conv.bias], g)]
-    y = conv(x)
-    expected = [y, *torch.autograd.grad(y, [x, conv.weight, conv.bias], g)]
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    y = conv(x_cl)
+    expected = [y, *torch.autograd.grad(y, [x_cl, conv.weight, conv.bias], g)]
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert len(calls) == 1
+    conv(x)  # channels-first: another key, timed
+    assert len(calls) == 2
 
 
 def test_under_compile_real_timings_pick_the_kernel_the_graph_runs() -> None:
@@ -308,13 +313,12 @@ def test_under_compile_with_dynamic_shapes_the_traced_sizes_are_timed(
     calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 1.0, "gemm": 0.1})
     conv = FlipConv2d(16, 16, 3, padding=1)
     compiled = torch.compile(conv, dynamic=True, fullgraph=True, backend="aot_eager")
-    for batch in (3, 5):
-        x = torch.randn(batch, 16, 8, 8)
-        torch.testing.assert_close(compiled(x), conv(x), rtol=1e-5, atol=1e-5)
-    choices = tuning.tuned_choices()
-    # the trace timed batch 3 (eager mode's batch 3 reused it); eager mode's batch 5 is new
-    assert [key[1] for key in choices] == [(3, 16, 8, 8), (5, 16, 8, 8)]
-    assert len(calls) == 2 and set(choices.values()) == {"gemm"}
+    xs = [torch.randn(batch, 16, 8, 8) for batch in (3, 5)]
+    outputs = [compiled(x) for x in xs]
+    ((key, choice),) = tuning.tuned_choices().items()
+    assert len(calls) == 1 and key[1] == (3, 16, 8, 8) and choice == "gemm"
+    for x, y in zip(xs, outputs, strict=True):
+        torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-5)
 
 
 def test_under_compile_the_static_path_times_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
