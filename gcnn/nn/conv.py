@@ -194,7 +194,7 @@ class FlipConv2d(FlipModule):
 
     def _tuned_kernel(self, x: Tensor) -> Kernel:
         """The measured kernel for ``x``. While ``torch.compile`` traces, ``x`` is a fake
-        tensor: the kernels are timed on a stand-in of its layout
+        tensor: the kernels are timed on a channels-last stand-in of its shape
         (:func:`_kernel_at_trace_time`) and the choice enters the graph as a constant."""
         params = [self.weight] + ([] if self.bias is None else [self.bias])
         backward = needs_backward(x, params)
