@@ -86,6 +86,8 @@ def run_epochs(
         total=run.total_steps, initial=run.step, disable=not (progress and ctx.is_main),
         desc=f"seed {run.seed}", unit="step", dynamic_ncols=True, leave=True,
     )  # fmt: skip
+    if cfg.compile:  # the first step traces and compiles (flip convs time their kernels then)
+        bar.set_postfix_str("compiling the first step", refresh=True)
     try:
         while run.step < run.total_steps:
             epoch, start = divmod(run.step, spe)
