@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -49,6 +48,7 @@ os.environ["GCNN_TUNING_CACHE"] = "off"  # before gcnn: every run times its own 
 import gcnn
 from gcnn.nn import set_conv_path
 from gcnn.nn.tuning_store import machine_id
+from gcnn.provenance import code_provenance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glibc_malloc  # noqa: E402
@@ -156,30 +156,6 @@ def cpu_name() -> str:
     return f"{model} ({platform.machine()})"
 
 
-def source_commit() -> str | None:
-    """The commit of the checkout the benchmark runs from (``+dirty`` with uncommitted
-    changes to tracked files); ``None`` outside a git checkout (the GPU machine's copy)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = (
-            subprocess.run(
-                ["git", "diff", "--quiet", "HEAD", "--", "gcnn", "benchmarks/*.py"],
-                cwd=root,
-            ).returncode
-            != 0
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
 def environment(device: torch.device, allocator: str = "default") -> dict:
     """Device, library versions, allocator and numeric settings of the run."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
@@ -190,7 +166,7 @@ def environment(device: torch.device, allocator: str = "default") -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "gcnn": gcnn.__version__,
-        "gcnn_commit": source_commit(),
+        "code": code_provenance(),
         "python": platform.python_version(),
         "numerics": "bf16 autocast, channels_last input" if device.type == "cuda" else "fp32",
         "cpu_allocator": allocator,
