@@ -434,8 +434,7 @@ def _kernel_at_trace_time(conv: FlipConv2d, layout: InputLayout, backward: bool)
     channels-last input would be)."""
     shape, dtype, device, requires_grad = layout
     generator = torch.Generator(device).manual_seed(0)
-    memory_format = torch.channels_last if len(shape) == 4 else torch.contiguous_format
-    x = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    x = torch.empty(shape, dtype=dtype, device=device, memory_format=torch.channels_last)
     x.normal_(generator=generator).requires_grad_(requires_grad)
     with torch.set_grad_enabled(backward):
         return conv._measured_kernel(x, backward)
