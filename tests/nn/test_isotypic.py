@@ -310,6 +310,18 @@ def test_static_rule_and_tools_see_the_regular_path() -> None:
     assert auto.path == "auto" and not auto.runs_isotypic(x.to("meta"))
 
 
+def compile_recording_ops(module: nn.Module) -> tuple[nn.Module, list[str]]:
+    """``module`` compiled (one graph) by a backend that keeps the graph's op names (filled
+    on the first call)."""
+    captured: list[str] = []
+
+    def record_ops(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        captured.extend(str(node.target) for node in graph.graph.nodes)
+        return graph.forward
+
+    return torch.compile(module, backend=record_ops, fullgraph=True), captured
+
+
 @pytest.mark.parametrize("kernel_size", [3, 1])  # the kh × 1 kernel's ops, the GEMM's ops
 def test_compiled_isotypic_conv_matches_eager(kernel_size: int) -> None:
     """Under ``torch.compile`` the hand-scheduled passes run as ``gcnn::`` custom ops (one
@@ -318,13 +330,7 @@ def test_compiled_isotypic_conv_matches_eager(kernel_size: int) -> None:
     conv = FlipConv2d(8, 8, kernel_size, padding=kernel_size // 2, path="isotypic")
     nn.init.normal_(conv.bias)
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
-    captured: list[str] = []
-
-    def record_ops(graph: torch.fx.GraphModule, example_inputs: list) -> object:
-        captured.extend(str(node.target) for node in graph.graph.nodes)
-        return graph.forward
-
-    compiled = torch.compile(conv, backend=record_ops, fullgraph=True)
+    compiled, captured = compile_recording_ops(conv)
     y = compiled(x)
     assert any(target.startswith("gcnn.") for target in captured), captured
     g = torch.randn_like(y)

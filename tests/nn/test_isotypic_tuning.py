@@ -21,7 +21,11 @@ from hypothesis import given, settings
 
 from gcnn.nn import FlipConv2d, set_conv_path, tuning_store
 from gcnn.nn import isotypic_tuning as tuning
-from tests.nn.test_isotypic import assert_matches_regular_path, pair_cases
+from tests.nn.test_isotypic import (
+    assert_matches_regular_path,
+    compile_recording_ops,
+    pair_cases,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -243,17 +247,6 @@ def test_convs_below_the_floor_run_the_regular_path_untimed(
     assert len(calls) == 1
 
 
-def _compile_recording_ops(conv: FlipConv2d) -> tuple[object, list[str]]:
-    """``conv`` compiled (one graph) by a backend that keeps the graph's op names."""
-    captured: list[str] = []
-
-    def record_ops(graph: torch.fx.GraphModule, example_inputs: list) -> object:
-        captured.extend(str(node.target) for node in graph.graph.nodes)
-        return graph.forward
-
-    return torch.compile(conv, backend=record_ops, fullgraph=True), captured
-
-
 #: An op that only the graph of each kernel holds.
 KERNEL_OPS = {"kh_x_1": "gcnn.pair_pieces", "gemm": "gcnn.pair_im2col"}
 
@@ -271,7 +264,7 @@ def test_under_compile_the_kernels_are_timed_while_tracing(
     torch.manual_seed(0)
     conv = FlipConv2d(16, 16, 3, padding=1)
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
-    compiled, captured = _compile_recording_ops(conv)
+    compiled, captured = compile_recording_ops(conv)
     rng = torch.get_rng_state()
     y = compiled(x)
     assert torch.equal(torch.get_rng_state(), rng)
@@ -296,7 +289,7 @@ def test_under_compile_real_timings_pick_the_kernel_the_graph_runs() -> None:
     """The same with the kernels really timed inside dynamo's trace (on real stand-in tensors,
     forward and backward): one choice, and the graph runs it."""
     conv = FlipConv2d(32, 32, 3, padding=1)
-    compiled, captured = _compile_recording_ops(conv)
+    compiled, captured = compile_recording_ops(conv)
     compiled(torch.randn(2, 32, 8, 8, requires_grad=True)).sum().backward()
     (choice,) = tuning.tuned_choices().values()
     for kernel, op in KERNEL_OPS.items():
@@ -325,7 +318,7 @@ def test_under_compile_the_static_path_times_nothing(monkeypatch: pytest.MonkeyP
     """Negative control: on ``"static"`` the compiled graph follows the rule (the regular
     path for this small conv) and nothing is timed."""
     calls = _fake_timings(monkeypatch, {"regular": 1.0, "kh_x_1": 0.1, "gemm": 1.0})
-    compiled, captured = _compile_recording_ops(FlipConv2d(16, 16, 3, padding=1, path="static"))
+    compiled, captured = compile_recording_ops(FlipConv2d(16, 16, 3, padding=1, path="static"))
     compiled(torch.randn(2, 16, 8, 8, requires_grad=True))
     assert calls == [] and not any(t.startswith("gcnn.") for t in captured)
 
