@@ -545,10 +545,11 @@ class _ToPairs(torch.autograd.Function):
     def forward(ctx: Any, y: Tensor) -> Tensor:  # type: ignore[override]
         b, c, h, w = y.shape
         halves = y.contiguous().view(b, 2, c // 2, h, w)
-        out = y.new_empty(b, c // 2, 2, h, w)
-        torch.add(halves[:, 0], halves[:, 1], out=out[:, :, 0])
-        torch.sub(halves[:, 0], halves[:, 1], out=out[:, :, 1])
-        return out.view(b, c, h, w)
+        out = y.new_empty(b, c, h, w)  # returned itself, not a view: callers may ReLU in place
+        pairs = out.view(b, c // 2, 2, h, w)
+        torch.add(halves[:, 0], halves[:, 1], out=pairs[:, :, 0])
+        torch.sub(halves[:, 0], halves[:, 1], out=pairs[:, :, 1])
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]

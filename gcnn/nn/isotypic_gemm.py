@@ -174,11 +174,12 @@ class _ParitiesToPairs(torch.autograd.Function):
         size = (geo.height_out, geo.width_out)
         pixels = (*size, geo.batch) if geo.batch_minor else (geo.batch, *size)
         parities = geo.logical(y.view(2, -1, *pixels))
-        out = y.new_empty(geo.batch, parities.shape[1], 2, *size)
-        ab = out.permute(2, 1, 0, 3, 4)
+        # ``out`` is returned itself, not a view: callers may apply ReLU in place.
+        out = y.new_empty(geo.batch, 2 * parities.shape[1], *size)
+        ab = out.view(geo.batch, -1, 2, *size).permute(2, 1, 0, 3, 4)
         torch.add(parities[0], parities[1], out=ab[0])
         torch.sub(parities[0], parities[1], out=ab[1])
-        return out.flatten(1, 2)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]

@@ -8,6 +8,7 @@ path's whatever it chose. Every test gets its own cache file and times convs of 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
+import gcnn
 from gcnn.nn import FlipConv2d, set_conv_path, tuning_store
 from gcnn.nn import isotypic_tuning as tuning
 from tests.nn.test_isotypic import (
@@ -120,6 +122,28 @@ def test_negative_control_a_plain_filter_is_not_what_any_tuned_kernel_computes(
         assert forced.kernel_for(x) == fastest
         assert (forced(x) - plain(x)).abs().max() > 1e-3
         torch.testing.assert_close(forced(x), forced.export()(x), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("fastest", tuning.KERNELS)
+def test_an_in_place_relu_on_the_output_of_every_kernel_keeps_the_gradients(
+    monkeypatch: pytest.MonkeyPatch, fastest: str
+) -> None:
+    """``vgg11_flip(batch_norm=False)`` runs ``ReLU(inplace=True)`` straight on each conv's
+    output. Whichever kernel the timing picks, that output may be modified in place and the
+    gradients stay those of the regular path (an autograd Function that returned a view of
+    its own buffer made ``relu_`` raise: found by CI, where real timings picked the s/d
+    kernel for a layer that this machine's timings kept regular)."""
+    _fake_timings(monkeypatch, {k: 0.5 if k == fastest else 1.0 for k in tuning.KERNELS})
+    torch.manual_seed(0)
+    tuned = gcnn.vgg11_flip(num_classes=3, in_channels=1, width=0.125, batch_norm=False)
+    regular = set_conv_path(copy.deepcopy(tuned), "regular")
+    tuned, regular = set_conv_path(tuned.double(), "auto"), regular.double()
+    x = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    tuned(x).square().sum().backward()
+    regular(x).square().sum().backward()
+    assert set(tuning.tuned_choices().values()) == {fastest}
+    for (name, p), q in zip(tuned.named_parameters(), regular.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_tuning_leaves_no_gradient_on_the_parameters() -> None:
