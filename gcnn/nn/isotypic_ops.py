@@ -16,7 +16,7 @@ unpacks it with the plan's attribute names.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -106,23 +106,34 @@ def _(x: Tensor, ints: list[int]) -> Tensor:
 
 
 @torch.library.custom_op("gcnn::pair_pieces_adjoint", mutates_args=())
-def pair_pieces_adjoint(grad: Tensor, x_shape: list[int], ints: list[int]) -> Tensor:
-    geo = _Geometry(torch.Size(x_shape), ConvInts.unpack(ints))
+def pair_pieces_adjoint(grad: Tensor, x: Tensor, ints: list[int]) -> Tensor:
+    """The adjoint of :func:`pair_pieces` at the input ``x`` (:func:`_save_input`: only its
+    shape is read)."""
+    geo = _Geometry(x.shape, ConvInts.unpack(ints))
     return _PairPieces.backward(_ctx(geo=geo), grad)[0]
 
 
 @pair_pieces_adjoint.register_fake
-def _(grad: Tensor, x_shape: list[int], ints: list[int]) -> Tensor:
-    return grad.new_empty(x_shape)
+def _(grad: Tensor, x: Tensor, ints: list[int]) -> Tensor:
+    return grad.new_empty(x.shape)
 
 
-def _save_shape_and_ints(ctx: object, inputs: tuple, output: Tensor) -> None:
-    ctx.x_shape, ctx.ints = list(inputs[0].shape), inputs[1]  # type: ignore[attr-defined]
+def _save_input(ctx: Any, inputs: tuple, output: Tensor) -> None:
+    """Keep the conv's input ``x`` for the backward, whose adjoint pass reads only its shape.
+
+    Why the tensor and not its shape: ``F.conv2d`` keeps its input for the weight gradient, so
+    a ``ReLU`` before a regular conv saves nothing of its own and ``torch.compile`` recomputes
+    its mask from that input in the backward. The s/d kernels' weight gradients read ``Z``,
+    not ``x``; given only the shape, the partitioner kept each such ReLU's mask as a ``bool``
+    tensor instead, and inductor's CPU code stores ``bool`` at ≈ 6 ns per element: 67 ms of a
+    ≈ 600 ms compiled ResNet50 step on one AVX-512 Xeon (benchmarks/README.md)."""
+    ctx.save_for_backward(inputs[0])
+    ctx.ints = inputs[1]
 
 
 pair_pieces.register_autograd(
-    lambda ctx, grad: (pair_pieces_adjoint(grad, ctx.x_shape, ctx.ints), None),
-    setup_context=_save_shape_and_ints,
+    lambda ctx, grad: (pair_pieces_adjoint(grad, ctx.saved_tensors[0], ctx.ints), None),
+    setup_context=_save_input,
 )
 
 
@@ -161,19 +172,21 @@ def _(x: Tensor, ints: list[int]) -> Tensor:
 
 
 @torch.library.custom_op("gcnn::pair_im2col_adjoint", mutates_args=())
-def pair_im2col_adjoint(grad: Tensor, x_shape: list[int], ints: list[int]) -> Tensor:
-    geo = _Im2colGeometry(torch.Size(x_shape), ConvInts.unpack(ints))
+def pair_im2col_adjoint(grad: Tensor, x: Tensor, ints: list[int]) -> Tensor:
+    """The adjoint of :func:`pair_im2col` at the input ``x`` (:func:`_save_input`: only its
+    shape is read)."""
+    geo = _Im2colGeometry(x.shape, ConvInts.unpack(ints))
     return _PairIm2col.backward(_ctx(geo=geo), grad)[0]
 
 
 @pair_im2col_adjoint.register_fake
-def _(grad: Tensor, x_shape: list[int], ints: list[int]) -> Tensor:
-    return grad.new_empty(x_shape)
+def _(grad: Tensor, x: Tensor, ints: list[int]) -> Tensor:
+    return grad.new_empty(x.shape)
 
 
 pair_im2col.register_autograd(
-    lambda ctx, grad: (pair_im2col_adjoint(grad, ctx.x_shape, ctx.ints), None),
-    setup_context=_save_shape_and_ints,
+    lambda ctx, grad: (pair_im2col_adjoint(grad, ctx.saved_tensors[0], ctx.ints), None),
+    setup_context=_save_input,
 )
 
 
