@@ -124,8 +124,12 @@ class _PairRows(torch.autograd.Function):
         index = _pair_rows_index(cols, kh, kw, w.device)
         ctx.shape, ctx.mirror = w.shape, index[1]
         flat = w.reshape(rows, 1, -1).expand(rows, 2, -1)
-        full = torch.gather(flat, 2, index.expand(rows, 2, -1))
-        return full.view(2 * rows, cols, kh, kw)
+        # Gathered into a view of the returned buffer, not returned as a view of its own:
+        # callers may modify ``full_weight()`` in place, which autograd forbids on a view
+        # made inside a custom Function.
+        full = w.new_empty(2 * rows, cols, kh, kw)
+        torch.gather(flat, 2, index.expand(rows, 2, -1), out=full.view(rows, 2, -1))
+        return full
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]

@@ -95,6 +95,18 @@ def test_regular_weight_interleaves_mirrors() -> None:
     torch.testing.assert_close(full[1::2], w[:, [1, 0, 3, 2]].flip(-1))
 
 
+def test_full_weight_can_be_modified_in_place_with_gradients() -> None:
+    """``full_weight()`` of an all-pair conv is the expansion Function's own buffer, not a view
+    of one, so in-place ops on it keep the autograd graph (``∂/∂w`` of ``Σ 2·W`` is twice that
+    of ``Σ W``)."""
+    conv = FlipConv2d(4, 6, 3)
+    (grad_once,) = torch.autograd.grad(conv.full_weight().sum(), conv.weight)
+    doubled = conv.full_weight()
+    doubled.mul_(2)
+    (grad_twice,) = torch.autograd.grad(doubled.sum(), conv.weight)
+    torch.testing.assert_close(grad_twice, 2 * grad_once)
+
+
 def test_free_parameters_are_half_of_a_plain_conv() -> None:
     flip, plain = FlipConv2d(64, 128, 3), nn.Conv2d(64, 128, 3)
     assert flip.weight.numel() * 2 == plain.weight.numel()
