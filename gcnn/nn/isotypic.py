@@ -466,6 +466,15 @@ class _Geometry:
         self.blocks = _blocks(self.kw)
         #: the s/d map is the stack itself (1×1, no width padding or stride): no second pass
         self.direct = self.kw == 1 and self.left == self.right == 0 and self.sw == 1
+        #: the centre column's view of ``u`` is its whole interior (odd ``kw``, "same" width
+        #: padding, no stride, every row): the backward writes it instead of zeroing first
+        self.centre_is_interior = (
+            self.kw % 2 == 1
+            and self.rows == 1
+            and self.sw == 1
+            and self.width_out == self.width
+            and self.left == (self.kw // 2) * self.dil
+        )
 
     def basis(self, like: Tensor) -> Tensor:
         """``(B, 2, R, H, W + left + right)`` for ``[s, d]``, zero in the padding columns."""
@@ -525,8 +534,14 @@ class _PairPieces(torch.autograd.Function):
         g = grad.contiguous().view(
             geo.batch, 2, geo.groups, len(geo.blocks), -1, geo.height_out, geo.width_out
         )
-        gu = grad.new_zeros(geo.batch, 2, geo.pairs, geo.height, geo.width + geo.left + geo.right)
-        for p, (symmetric, c, c2) in enumerate(geo.blocks):
+        gu = geo.basis(grad)
+        first = 0
+        if geo.centre_is_interior:  # the centre block's adjoint is a copy into the interior
+            geo.column(gu, geo.kw // 2).copy_(g[:, :, :, 0])
+            first = 1
+        else:
+            gu.zero_()
+        for p, (symmetric, c, c2) in enumerate(geo.blocks[first:], start=first):
             left, right = geo.column(gu, c), geo.column(gu, c2)
             add_block_adjoint(g[:, :, :, p], left, right, symmetric, c == c2, parity=1)
         inner = geo.interior(gu)

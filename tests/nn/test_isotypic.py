@@ -186,6 +186,26 @@ def test_both_eager_kernels_equal_the_regular_path(case: Case, kernel: str) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation"),
+    [((3, 3), (1, 1), (1, 1), 1), ((3, 5), (2, 1), (1, 4), 2), ((1, 3), (2, 1), (0, 1), 1)],
+)
+def test_kh_x_1_kernel_on_same_width_convs(
+    kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], dilation: int
+) -> None:
+    """Width-"same" convs without width stride (VGG's 3×3 convs among them), where the
+    ``kh × 1`` kernel's backward writes the centre block instead of zeroing ``∂u`` first
+    (the hypothesis cases above rarely draw them); the last case (``kh = 1`` with a height
+    stride: every other row) keeps the zeroing. Float64, against the regular path."""
+    case = Case(
+        Fields(regular=4), Fields(regular=3), 1, kernel, stride, padding, dilation, "zeros",
+        True, 9, 10, torch.float64,
+    )  # fmt: skip
+    assert_matches_regular_path(
+        case, lambda conv, x: regular_conv2d_eager(x, conv.weight, conv.bias, conv._plan())
+    )
+
+
 @pytest.mark.parametrize("size", [6, 12])  # 36 and 144 output pixels
 def test_the_gemm_kernel_in_both_pixel_orders(size: int) -> None:
     """A padded 3×3 conv runs batch-minor at 6×6 and batch-major at 12×12; both equal the
