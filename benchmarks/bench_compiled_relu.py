@@ -10,10 +10,11 @@ whether the input or the parameters require gradients, which is what makes the c
 training graph. The pair BatchNorm is :class:`gcnn.nn.FlipBatchNorm2d`'s train-mode
 ``torch.compile`` formulation (``gcnn.nn.batchnorm._PairBatchNorm``).
 
-``--model resnet50`` also lists, for compiled ``resnet50`` and ``resnet50_flip`` training steps,
-inductor's generated kernels per step (``enable_kernel_profile``) and the forward kernels that
-compute a ReLU mask (a kernel named ``…relu…threshold_backward…`` without
-``convolution_backward``).
+``--model resnet50`` also reports, for compiled ``resnet50`` and ``resnet50_flip`` training steps,
+the time of inductor's generated kernels per step (``enable_kernel_profile``) and the ``bool``
+tensors the compiled forward keeps for the backward
+(:func:`gcnn.testing.saved_for_backward_when_compiled`: ReLU masks, each stored by one of those
+slow stores).
 
     python benchmarks/bench_compiled_relu.py --out benchmarks/results/compiled_relu_cpu.json
 """
@@ -36,6 +37,7 @@ from bench_flip_vs_plain import make_step  # noqa: E402
 from bench_isotypic import build, environment  # noqa: E402
 
 from gcnn.nn.batchnorm import _PairBatchNorm  # noqa: E402
+from gcnn.testing import saved_for_backward_when_compiled  # noqa: E402
 
 
 class _PairBatchNormReLU(nn.Module):
@@ -109,17 +111,13 @@ def bench_ops(shape: tuple[int, ...], calls: int, repeats: int) -> list[dict]:
     return rows
 
 
-def is_mask_kernel(name: str) -> bool:
-    """A forward kernel that computes a ReLU's backward mask (by inductor's kernel naming)."""
-    return "relu" in name and "threshold_backward" in name and "convolution_backward" not in name
-
-
 def ms_per_step(events: list, steps: int) -> float:
     return round(sum(e.self_cpu_time_total for e in events) / steps / 1e3, 1)
 
 
-def mask_kernels(batch: int, steps: int) -> list[dict]:
-    """Inductor's generated kernels per compiled ResNet50 training step, plain and flip."""
+def resnet50_rows(batch: int, steps: int) -> list[dict]:
+    """Inductor's generated kernels per compiled ResNet50 training step and the ``bool``
+    tensors its forward keeps for the backward, plain and flip."""
     import torch._inductor.config as inductor_config
     from torch.profiler import ProfilerActivity, profile
 
@@ -136,12 +134,14 @@ def mask_kernels(batch: int, steps: int) -> list[dict]:
             for _ in range(steps):
                 step()
         kernels = [e for e in prof.key_averages() if "cpp_fused" in e.key]
-        masks = [e for e in kernels if is_mask_kernel(e.key)]
+        model = build("resnet50", key, 1.0, torch.device("cpu"))
+        saved = saved_for_backward_when_compiled(model, x)
+        masks = [shape.numel() for dtype, shape in saved if dtype == torch.bool]
         row = {
             "model": key,
             "kernels_ms_per_step": ms_per_step(kernels, steps),
-            "mask_kernels": len(masks),
-            "mask_kernels_ms_per_step": ms_per_step(masks, steps),
+            "saved_bool_tensors": len(masks),
+            "saved_bool_elements": sum(masks),
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -165,7 +165,7 @@ def main() -> None:
         "ops": bench_ops(tuple(args.shape), args.calls, args.repeats),
     }
     if args.model:
-        report["resnet50_b32_kernels"] = mask_kernels(32, args.model_steps)
+        report["resnet50_b32"] = resnet50_rows(32, args.model_steps)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -34,6 +34,7 @@ from gcnn.nn.isotypic_gemm import (
     _Im2colGeometry,
     regular_conv2d_gemm,
 )
+from gcnn.testing import saved_for_backward_when_compiled
 from tests.nn.field_cases import layouts
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
@@ -361,35 +362,6 @@ def test_compiled_isotypic_conv_matches_eager(kernel_size: int) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def saved_dtypes(module: nn.Module, x: Tensor) -> tuple[list[torch.dtype], list[str]]:
-    """The dtypes of what ``torch.compile`` (inductor's partitioner and decompositions) keeps
-    from ``module``'s forward for its backward — the forward graph's outputs after the first,
-    ``module``'s own — and the forward graph's op names."""
-    from functorch.compile import min_cut_rematerialization_partition
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._inductor.decomposition import select_decomp_table
-
-    saved: list[torch.dtype] = []
-    ops: list[str] = []
-
-    def forward_compiler(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
-        (output,) = (node for node in graph.graph.nodes if node.op == "output")
-        kept = [n for n in output.args[0][1:] if isinstance(n, torch.fx.Node)]
-        saved.extend(n.meta["val"].dtype for n in kept if isinstance(n.meta.get("val"), Tensor))
-        ops.extend(str(node.target) for node in graph.graph.nodes)
-        return graph.forward
-
-    backend = aot_autograd(
-        fw_compiler=forward_compiler,
-        bw_compiler=lambda graph, example_inputs: graph.forward,
-        partition_fn=min_cut_rematerialization_partition,
-        decompositions=select_decomp_table(),  # inductor's: ReLU's backward as a mask
-    )
-    torch._dynamo.reset()
-    torch.compile(module, backend=backend, fullgraph=True)(x).sum().backward()
-    return saved, ops
-
-
 @torch.library.custom_op("gcnn_test::doubled", mutates_args=())
 def _doubled(x: Tensor) -> Tensor:
     """``2·x`` as an opaque op whose backward reads nothing of ``x``: how the s/d kernels'
@@ -417,8 +389,11 @@ def test_compiled_s_d_conv_keeps_its_input_so_no_relu_mask_is_saved(
     torch.manual_seed(0)
     conv = FlipConv2d(16, 16, kernel_size, padding=kernel_size // 2, path="isotypic")
     x = torch.randn(2, 16, 6, 6, requires_grad=True)
-    saved, ops = saved_dtypes(nn.Sequential(nn.ReLU(), conv), x)
-    assert any(name == f"gcnn.{op}.default" for name in ops), ops
+    block = nn.Sequential(nn.ReLU(), conv)
+    compiled, ops = compile_recording_ops(block)
+    compiled(x)
+    assert any(name.startswith(f"gcnn.{op}") for name in ops), ops
+    saved = [dtype for dtype, _ in saved_for_backward_when_compiled(block, x)]
     assert saved and torch.bool not in saved, saved
-    control, _ = saved_dtypes(nn.Sequential(nn.ReLU(), _Doubled()), x)
-    assert torch.bool in control, control
+    control = saved_for_backward_when_compiled(nn.Sequential(nn.ReLU(), _Doubled()), x)
+    assert torch.bool in [dtype for dtype, _ in control], control
