@@ -145,13 +145,15 @@ def saved_for_backward_when_compiled(
     module: nn.Module, x: Tensor
 ) -> list[tuple[torch.dtype, torch.Size]]:
     """``(dtype, shape)`` of each tensor that ``torch.compile`` (inductor's decompositions and
-    min-cut partitioner) keeps from ``module``'s forward on ``x`` for the backward of
-    ``module(x).sum()``: the compiled forward graph's outputs after ``module``'s own.
+    min-cut partitioner) keeps from ``module``'s forward on ``x`` for its backward: the
+    compiled forward graph's outputs after ``module``'s own (one tensor).
 
-    Traces with the AOT autograd partition only, without inductor's code generation; clears
-    dynamo's cache first. Use it to see what a compiled training step stores between forward and
-    backward: e.g. a ``torch.bool`` tensor per ReLU whose mask the partitioner keeps, which
-    inductor's CPU code stored at ≈ 6 ns per element on one AVX-512 CPU (benchmarks/README.md).
+    Runs one forward through the AOT autograd partition only (no inductor code generation, no
+    backward, so no ``.grad`` is touched); clears dynamo's cache first. ``x`` or the module's
+    parameters must require gradients. Use it to see what a compiled training step stores
+    between forward and backward: e.g. a ``torch.bool`` tensor per ReLU whose mask the
+    partitioner keeps, which inductor's CPU code stored at ≈ 6 ns per element on one AVX-512
+    CPU (benchmarks/README.md).
     """
     import torch._inductor.lowering  # noqa: F401  (some of inductor's decompositions read it)
     from functorch.compile import min_cut_rematerialization_partition
@@ -175,5 +177,5 @@ def saved_for_backward_when_compiled(
         decompositions=select_decomp_table(),
     )
     torch._dynamo.reset()
-    torch.compile(module, backend=backend, fullgraph=True)(x).sum().backward()
+    torch.compile(module, backend=backend, fullgraph=True)(x)
     return saved
