@@ -127,14 +127,14 @@ def resnet50_rows(batch: int, steps: int) -> list[dict]:
     rows = []
     for key in ("plain", "flip"):
         torch._dynamo.reset()
-        step = make_step(build("resnet50", key, 1.0, torch.device("cpu")), x, y, True)
+        model = build("resnet50", key, 1.0, torch.device("cpu"))
+        step = make_step(model, x, y, True)
         for _ in range(3):
             step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
                 step()
         kernels = [e for e in prof.key_averages() if "cpp_fused" in e.key]
-        model = build("resnet50", key, 1.0, torch.device("cpu"))
         saved = saved_for_backward_when_compiled(model, x)
         masks = [shape.numel() for dtype, shape in saved if dtype == torch.bool]
         row = {
@@ -153,7 +153,9 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=4, default=[32, 64, 17, 17])
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--model", choices=["resnet50"], help="also list the model's kernels")
+    parser.add_argument(
+        "--model", choices=["resnet50"], help="also its compiled kernel time and saved bool tensors"
+    )
     parser.add_argument("--model-steps", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -534,13 +534,14 @@ class _PairPieces(torch.autograd.Function):
         g = grad.contiguous().view(
             geo.batch, 2, geo.groups, len(geo.blocks), -1, geo.height_out, geo.width_out
         )
-        gu = geo.basis(grad)
-        first = 0
         if geo.centre_is_interior:  # the centre block's adjoint is a copy into the interior
+            gu = geo.basis(grad)
             geo.column(gu, geo.kw // 2).copy_(g[:, :, :, 0])
             first = 1
         else:
-            gu.zero_()
+            padded = geo.width + geo.left + geo.right
+            gu = grad.new_zeros(geo.batch, 2, geo.pairs, geo.height, padded)
+            first = 0
         for p, (symmetric, c, c2) in enumerate(geo.blocks[first:], start=first):
             left, right = geo.column(gu, c), geo.column(gu, c2)
             add_block_adjoint(g[:, :, :, p], left, right, symmetric, c == c2, parity=1)
