@@ -139,9 +139,30 @@ class _PairRows(torch.autograd.Function):
         return mirrored.add_(halves[:, 0]).view(ctx.shape)
 
 
+#: Largest all-pair free weight (elements) that :func:`pair_rows` expands with ``index_select``
+#: in eager mode. Below it the Python backward of :class:`_PairRows` costs more than the
+#: ``index_select`` backward, which runs in C++ (VGG11 training steps, batch 32, on an AMX
+#: Xeon: ``vgg11_flip(width=0.25)`` 2–4 % faster, width 0.5 ≈ 1 %); above it the ``gather``
+#: is faster (width 1: ``index_select`` everywhere cost ≈ 2 %). ``benchmarks/README.md``.
+INDEX_SELECT_MAX_NUMEL = 1 << 17
+
+
+def pair_rows(w: Tensor) -> Tensor:
+    """The output pair rows ``W[2k] = w[k]``, ``W[2k+1] = F S·w[k]`` of all-pair inputs:
+    ``(R, C, kh, kw) → (2R, C, kh, kw)``. In eager mode a weight of at most
+    :data:`INDEX_SELECT_MAX_NUMEL` elements is one ``index_select`` of the ``(R, C·kh·kw)`` view
+    with the ``[identity, mirror]`` index (autograd's own backward, an ``index_add``); larger
+    weights, and every weight under ``torch.compile``, take :class:`_PairRows`."""
+    if w.numel() > INDEX_SELECT_MAX_NUMEL or torch.compiler.is_compiling():
+        return _PairRows.apply(w)
+    rows, cols, kh, kw = w.shape
+    index = _pair_rows_index(cols, kh, kw, w.device).view(-1)
+    return w.reshape(rows, -1).index_select(1, index).view(2 * rows, cols, kh, kw)
+
+
 def mirrored_columns(w: Tensor, local_in: Fields) -> Tensor:
     """``F L·w`` for ``w`` of shape ``(rows, in_g, kh, kw)``: input pairs swapped and the kernel
-    width mirrored (all-pair inputs take :class:`_PairRows` instead)."""
+    width mirrored (all-pair inputs take :func:`pair_rows` instead)."""
     return local_in.act(w, dim=1).flip(-1)
 
 
@@ -156,7 +177,7 @@ def expand_conv_weight(free: FreeWeights, fields: ConvFields, kernel_width: int)
             cols.append(interleave(free.invariant, free.invariant.flip(-1), dim=1))
         rows.append(cols[0] if len(cols) == 1 else torch.cat(cols, dim=1))
     if free.pairs is not None and fields.local_in.is_regular:
-        rows.append(_PairRows.apply(free.pairs))
+        rows.append(pair_rows(free.pairs))
     elif free.pairs is not None:
         rows.append(interleave(free.pairs, mirrored_columns(free.pairs, fields.local_in), dim=0))
     return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gcnn.exactness import flip_exactness
-from gcnn.nn import Fields, FlipConv2d, swap_pairs
+from gcnn.nn import Fields, FlipConv2d, expansion, swap_pairs
 from gcnn.testing import TOLERANCES, assert_flip_equivariant, flip_equivariance_error
 from tests.strategies import ConvCase, conv_cases
 
@@ -95,16 +95,43 @@ def test_regular_weight_interleaves_mirrors() -> None:
     torch.testing.assert_close(full[1::2], w[:, [1, 0, 3, 2]].flip(-1))
 
 
-def test_full_weight_can_be_modified_in_place_with_gradients() -> None:
-    """``full_weight()`` of an all-pair conv is the expansion Function's own buffer, not a view
-    of one, so in-place ops on it keep the autograd graph (``∂/∂w`` of ``Σ 2·W`` is twice that
-    of ``Σ W``)."""
+@pytest.mark.parametrize("max_numel", [0, 1 << 30], ids=["gather", "index_select"])
+def test_full_weight_can_be_modified_in_place_with_gradients(
+    monkeypatch: pytest.MonkeyPatch, max_numel: int
+) -> None:
+    """``full_weight()`` of an all-pair conv is not a view made inside a custom Function, so
+    in-place ops on it keep the autograd graph (``∂/∂w`` of ``Σ 2·W`` is twice that of
+    ``Σ W``); on both of :func:`~gcnn.nn.expansion.pair_rows`' implementations."""
+    monkeypatch.setattr(expansion, "INDEX_SELECT_MAX_NUMEL", max_numel)
     conv = FlipConv2d(4, 6, 3)
     (grad_once,) = torch.autograd.grad(conv.full_weight().sum(), conv.weight)
     doubled = conv.full_weight()
     doubled.mul_(2)
     (grad_twice,) = torch.autograd.grad(doubled.sum(), conv.weight)
     torch.testing.assert_close(grad_twice, 2 * grad_once)
+
+
+@pytest.mark.parametrize("max_numel", [0, 1 << 30], ids=["gather", "index_select"])
+@pytest.mark.parametrize("shape", [(3, 4, 3, 3), (2, 6, 1, 1), (1, 2, 2, 4), (2, 4, 3, 2)])
+def test_both_pair_row_expansions_follow_the_definition(
+    monkeypatch: pytest.MonkeyPatch, max_numel: int, shape: tuple[int, int, int, int]
+) -> None:
+    """``W[2k] = w[k]``, ``W[2k+1] = F S·w[k]`` (kernel width mirrored, input pairs swapped)
+    and its adjoint, on both of :func:`pair_rows`' implementations (float64 gradcheck)."""
+    monkeypatch.setattr(expansion, "INDEX_SELECT_MAX_NUMEL", max_numel)
+    rows, cols, kh, kw = shape
+    w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    mirrored = swap_pairs(w, 1).flip(-1)
+    expected = torch.stack((w, mirrored), 1).view(2 * rows, cols, kh, kw)
+    torch.testing.assert_close(expansion.pair_rows(w), expected, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(expansion.pair_rows, (w,))
+
+
+def test_pair_rows_uses_index_select_on_small_weights_and_gather_on_large() -> None:
+    small, large = FlipConv2d(64, 128, 3), FlipConv2d(256, 512, 3)
+    assert small.weight.numel() <= expansion.INDEX_SELECT_MAX_NUMEL < large.weight.numel()
+    assert type(small.full_weight().grad_fn).__name__ == "ViewBackward0"
+    assert type(large.full_weight().grad_fn).__name__ == "_PairRowsBackward"
 
 
 def test_free_parameters_are_half_of_a_plain_conv() -> None:
