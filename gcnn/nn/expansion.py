@@ -113,10 +113,11 @@ def _pair_rows_index(channels: int, kh: int, kw: int, device: torch.device) -> T
 
 class _PairRows(torch.autograd.Function):
     """The output pair rows ``W[2k] = w[k]``, ``W[2k+1] = F S·w[k]`` for all-pair inputs as one
-    ``gather`` on the ``(rows, L)`` view (one pass, no ``stack``: at small widths the
-    expansion's per-op cost is a visible share of a training step; ``gather`` with an
-    expanded index ran ≈ 1.7× faster than ``index_select`` on this CPU). The backward is the
-    adjoint ``∂w = ∂W[2k] + F S·∂W[2k+1]`` (the mirror is an involution)."""
+    ``gather`` on the ``(rows, L)`` view (one pass, no ``stack``; on large weights ``gather``
+    with an expanded index beat ``index_select`` + ``stack`` ≈ 1.7× on an AMD EPYC, and one
+    ``index_select`` by 9–20 % on an AMX Xeon; small weights take one ``index_select``:
+    :func:`pair_rows`). The backward is the adjoint ``∂w = ∂W[2k] + F S·∂W[2k+1]`` (the
+    mirror is an involution)."""
 
     @staticmethod
     def forward(ctx: Any, w: Tensor) -> Tensor:  # type: ignore[override]
