@@ -154,7 +154,7 @@ def pair_rows(w: Tensor) -> Tensor:
     :data:`INDEX_SELECT_MAX_NUMEL` elements is one ``index_select`` of the ``(R, C·kh·kw)`` view
     with the ``[identity, mirror]`` index (autograd's own backward, an ``index_add``); larger
     weights, and every weight under ``torch.compile``, take :class:`_PairRows`."""
-    if w.numel() > INDEX_SELECT_MAX_NUMEL or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or w.numel() > INDEX_SELECT_MAX_NUMEL:
         return _PairRows.apply(w)
     rows, cols, kh, kw = w.shape
     index = _pair_rows_index(cols, kh, kw, w.device).view(-1)
