@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glibc_malloc  # noqa: E402
-from bench_flip_vs_plain import make_step, write_report  # noqa: E402
+from bench_flip_vs_plain import make_step, time_steps, write_report  # noqa: E402
 from bench_isotypic import build, environment  # noqa: E402
 from recheck_isotypic import ratio_summary  # noqa: E402
 
@@ -81,10 +80,7 @@ def bench(width: float, batch: int, args: argparse.Namespace) -> dict:
     seconds: dict[str, list[float]] = {key: [] for key in VARIANTS}
     for _ in range(args.rounds):
         for key in VARIANTS:
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                steps[key]()
-            seconds[key].append((time.perf_counter() - start) / args.steps)
+            seconds[key].append(time_steps(steps[key], args.steps, x.device) / args.steps)
     rates = {key: [batch / s for s in seconds[key]] for key in VARIANTS}
     ratios, ranges = {}, {}
     for key in VARIANTS[1:]:
