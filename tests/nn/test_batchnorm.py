@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from gcnn.nn import FlipBatchNorm2d
+from gcnn.nn import FlipBatchNorm2d, batchnorm
 from gcnn.testing import assert_flip_equivariant, flip_equivariance_error
 
 shapes = st.tuples(st.integers(2, 4), st.integers(1, 4), st.integers(1, 5), st.integers(1, 6))
@@ -44,6 +46,33 @@ def test_matches_batchnorm3d_on_pair_view(shape, dtype, train: bool, channels_la
     torch.testing.assert_close(y, expected)
     if channels_last and h * w > 1 and 2 * pairs > 1:
         assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@given(shapes, dtypes, st.booleans())
+def test_accelerator_layout_branch_matches_batchnorm3d(shape, dtype, train: bool) -> None:
+    """The branch accelerators take for channels-last inputs (normalise the ``(B·H·W, C/2, 2)``
+    view in place, :func:`~gcnn.nn.batchnorm.normalises_channels_last_in_place`), run here on
+    the CPU: same outputs, gradients and running statistics as the ground truth, layout kept."""
+    b, pairs, h, w = shape
+    bn = randomised(FlipBatchNorm2d(2 * pairs, dtype=dtype)).train(train)
+    x = torch.randn(b, 2 * pairs, h, w, dtype=dtype)
+    ref = nn.BatchNorm3d(bn.num_features, dtype=dtype)
+    ref.load_state_dict(bn.state_dict())
+    ref.train(train)
+    x_ref = x.clone().requires_grad_()
+    expected = ref(x_ref.view(b, pairs, 2, h, w)).view(b, 2 * pairs, h, w)
+    x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
+    with mock.patch.object(batchnorm, "normalises_channels_last_in_place", return_value=True):
+        y = bn(x_cl)
+    torch.testing.assert_close(y, expected)
+    grad = torch.randn_like(y)
+    (y * grad).sum().backward()
+    (expected * grad).sum().backward()
+    torch.testing.assert_close(x_cl.grad, x_ref.grad)
+    torch.testing.assert_close(bn.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    if h * w > 1 and pairs > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
 
 
 @given(shapes, dtypes, st.booleans())
