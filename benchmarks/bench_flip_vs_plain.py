@@ -33,11 +33,14 @@ import gcnn
 PAIRS = {"vgg11": ("vgg11", "vgg11_flip", 32), "resnet50": ("resnet50", "resnet50_flip", 65)}
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compile_: bool) -> Callable:
-    """One SGD training step (forward, cross-entropy, backward, update) as a closure."""
+def make_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, compile_: bool, bf16: bool | None = None
+) -> Callable:
+    """One SGD training step (forward, cross-entropy, backward, update) as a closure; the
+    forward under bf16 autocast when ``bf16`` (default: on CUDA)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     fwd = torch.compile(model) if compile_ else model
-    autocast = x.device.type == "cuda"
+    autocast = x.device.type == "cuda" if bf16 is None else bf16
 
     def step() -> None:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):

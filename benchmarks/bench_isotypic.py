@@ -21,11 +21,15 @@ fault in fresh pages depends on what ran before it, and that moved one model's s
 third. Each row records the minor page faults per timed step of each model
 (``page_faults_per_step``).
 
-CPU: fp32, channels-first input. GPU (``--device cuda``): bf16 autocast, channels-last input,
-batch 512 / 2048 by default.
+CPU: fp32, channels-first input. GPU (``--device cuda``): bf16 autocast, channels-last input
+and models, batch 512 / 2048 by default. ``--gpu-numerics`` runs the GPU configuration on the
+CPU too: a dry run of the GPU benchmark before a GPU session spends device time on it. The
+report is rewritten after every row, so a run stopped at a time limit keeps what it measured.
 
     python benchmarks/bench_isotypic.py --out benchmarks/results/isotypic_cpu.json
     python benchmarks/bench_isotypic.py --device cuda --out benchmarks/results/isotypic_gpu.json
+    python benchmarks/bench_isotypic.py --gpu-numerics --archs vgg11 --widths 0.25 \
+        --batch-sizes 4 --modes eager --rounds 1     # the GPU configuration, dry run on the CPU
 """
 
 from __future__ import annotations
@@ -70,17 +74,20 @@ VARIANTS = {
 }
 
 
-def build(arch: str, key: str, width: float, device: torch.device) -> nn.Module:
-    """One benchmark model (seeded init, train mode, on ``device``)."""
+def build(
+    arch: str, key: str, width: float, device: torch.device, channels_last: bool | None = None
+) -> nn.Module:
+    """One benchmark model (seeded init, train mode, on ``device``; channels-last when the
+    variant says so or ``channels_last``, by default on CUDA)."""
     plain_name, flip_name, _, has_width = ARCHS[arch]
-    flip, path, channels_last = VARIANTS[key]
+    flip, path, variant_channels_last = VARIANTS[key]
     torch.manual_seed(0)
     kwargs = {"num_classes": 10, **({"width": width} if has_width else {})}
     model = gcnn.create_model(flip_name if flip else plain_name, **kwargs)
     if path is not None:
         set_conv_path(model, path)
     model = model.to(device)
-    if channels_last or device.type == "cuda":
+    if variant_channels_last or (device.type == "cuda" if channels_last is None else channels_last):
         model = model.to(memory_format=torch.channels_last)
     return model.train()
 
@@ -103,14 +110,15 @@ def bench(
         torch._dynamo.config.fail_on_recompile_limit_hit = True
     torch.manual_seed(0)
     x = torch.rand(batch, 3, size, size, device=device)
-    if device.type == "cuda":
+    if args.gpu_numerics:
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
     keys = list(args.variants)
     steps, warmup_s = {}, {}
     for key in keys:
         start = time.perf_counter()
-        steps[key] = make_step(build(arch, key, width, device), x, y, compile_)
+        model = build(arch, key, width, device, channels_last=args.gpu_numerics)
+        steps[key] = make_step(model, x, y, compile_, bf16=args.gpu_numerics)
         for _ in range(args.warmup):
             steps[key]()
         warmup_s[key] = round(time.perf_counter() - start, 1)
@@ -156,8 +164,12 @@ def cpu_name() -> str:
     return f"{model} ({platform.machine()})"
 
 
-def environment(device: torch.device, allocator: str = "default") -> dict:
-    """Device, library versions, allocator and numeric settings of the run."""
+def environment(
+    device: torch.device, allocator: str = "default", gpu_numerics: bool | None = None
+) -> dict:
+    """Device, library versions, allocator and numeric settings of the run (``gpu_numerics``:
+    bf16 autocast and channels-last, by default on CUDA)."""
+    gpu_numerics = device.type == "cuda" if gpu_numerics is None else gpu_numerics
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "device": name,
@@ -168,7 +180,7 @@ def environment(device: torch.device, allocator: str = "default") -> dict:
         "gcnn": gcnn.__version__,
         "code": code_provenance(),
         "python": platform.python_version(),
-        "numerics": "bf16 autocast, channels_last input" if device.type == "cuda" else "fp32",
+        "numerics": "bf16 autocast, channels_last input and models" if gpu_numerics else "fp32",
         "cpu_allocator": allocator,
     }
 
@@ -197,14 +209,23 @@ def main() -> None:
         default="pinned",
         help="pinned (default): fix glibc's mmap and trim thresholds first (glibc_malloc.py)",
     )
+    p.add_argument(
+        "--gpu-numerics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast, channels-last input and models (default: on CUDA only)",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if "plain" not in args.variants:
         p.error("--variants must include plain (the reference of every ratio)")
     device = torch.device(args.device)
+    if args.gpu_numerics is None:
+        args.gpu_numerics = device.type == "cuda"
     batches = args.batch_sizes or ([512, 2048] if device.type == "cuda" else [32, 128])
     warnings.simplefilter("ignore", gcnn.FlipExactnessWarning)
     allocator = glibc_malloc.pin() if args.malloc == "pinned" else "default"
+    env = environment(device, allocator, args.gpu_numerics)
     results = []
     for arch in args.archs:
         for width in args.widths if ARCHS[arch][3] else [1.0]:
@@ -213,7 +234,7 @@ def main() -> None:
                     row = bench(arch, width, batch, mode == "compile", device, args)
                     results.append(row)
                     print(json.dumps(row), flush=True)
-    write_report(results, environment(device, allocator), args.out)
+                    write_report(results, env, args.out)  # each row kept as it lands
 
 
 if __name__ == "__main__":

@@ -155,9 +155,10 @@ class FlipBatchNorm2d(nn.modules.batchnorm._BatchNorm, FlipModule):
         if self.track_running_stats and self.running_mean is not None:
             b, _, h, w = x.shape
             count = 2 * b * h * w
+            unbiased = var * count / max(count - 1, 1)
             with torch.no_grad():
-                self.running_mean.lerp_(mean, factor)
-                self.running_var.lerp_(var * count / max(count - 1, 1), factor)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
         return y
 
     @torch.no_grad()
@@ -237,6 +238,10 @@ class _PairBatchNorm(torch.autograd.Function):
     Backward, the BatchNorm gradient with ``N = 2n`` values per pair and ``x̂ = (x − μ) r``:
     ``∂β = Σ g``, ``∂γ = Σ g x̂`` (sums over a pair), ``∂x = γ r (g − ∂β/N − x̂ ∂γ/N)``.
 
+    Low-precision inputs (bf16 / fp16 under autocast) are computed in float32, as
+    ``F.batch_norm`` does: statistics, coefficients and gradients of ``γ, β`` in float32, ``y``
+    and ``∂x`` in ``x``'s dtype.
+
     Every per-pair coefficient reaches the ``(B, C, H, W)`` passes as a ``(C,)`` vector made
     by :func:`_to_channels`, so inductor's generated loops read it at the channel index
     ``c``; a plain ``repeat_interleave`` fuses into them as a scalar load at ``c // 2`` per
@@ -247,15 +252,16 @@ class _PairBatchNorm(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        var_c, mean_c = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        var_c, mean_c = torch.var_mean(x.to(_accumulation_dtype(x)), dim=(0, 2, 3), correction=0)
         means = mean_c.view(-1, 2)
         mean = means.mean(1)
         var = var_c.view(-1, 2).mean(1) + ((means[:, 0] - means[:, 1]) / 2) ** 2
         rstd = torch.rsqrt(var + eps)
         scale = rstd if weight is None else rstd * weight
         shift = -mean * scale if bias is None else bias - mean * scale
-        y = x * _to_channels(scale) + _to_channels(shift)
+        y = (x * _to_channels(scale) + _to_channels(shift)).to(x.dtype)
         ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -266,7 +272,8 @@ class _PairBatchNorm(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         x, weight, mean, rstd = ctx.saved_tensors
         count = 2 * x.numel() // x.shape[1]
-        centred = x - _to_channels(mean)
+        centred = x - _to_channels(mean)  # in the accumulation dtype (``mean``'s)
+        grad = grad.to(mean.dtype)
         grad_bias = grad.sum(dim=(0, 2, 3)).view(-1, 2).sum(1)
         grad_weight = (grad * centred).sum(dim=(0, 2, 3)).view(-1, 2).sum(1) * rstd
         gain = rstd if weight is None else rstd * weight
@@ -277,11 +284,16 @@ class _PairBatchNorm(torch.autograd.Function):
         )
         needs = ctx.needs_input_grad
         return (
-            grad_x if needs[0] else None,
-            grad_weight if weight is not None and needs[1] else None,
-            grad_bias if needs[2] else None,
+            grad_x.to(x.dtype) if needs[0] else None,
+            grad_weight.to(weight.dtype) if weight is not None and needs[1] else None,
+            grad_bias.to(ctx.bias_dtype) if needs[2] else None,
             None,
         )
+
+
+def _accumulation_dtype(x: Tensor) -> torch.dtype:
+    """``x``'s dtype, at least float32 (BatchNorm's statistics of bf16 / fp16 inputs)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 #: Copies :func:`_to_channels` reduces over: more than inductor unrolls into its consumer
