@@ -12,6 +12,7 @@ from torch.autograd.function import once_differentiable
 from gcnn.nn.expansion import expand_bias
 from gcnn.nn.fields import Fields, FieldSpec, check_field_spec
 from gcnn.nn.module import FlipModule
+from gcnn.nn.precision import accumulation_dtype
 
 
 def normalises_channels_last_in_place(device: torch.device) -> bool:
@@ -252,7 +253,7 @@ class _PairBatchNorm(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        var_c, mean_c = torch.var_mean(x.to(_accumulation_dtype(x)), dim=(0, 2, 3), correction=0)
+        var_c, mean_c = torch.var_mean(x.to(accumulation_dtype(x)), dim=(0, 2, 3), correction=0)
         means = mean_c.view(-1, 2)
         mean = means.mean(1)
         var = var_c.view(-1, 2).mean(1) + ((means[:, 0] - means[:, 1]) / 2) ** 2
@@ -289,11 +290,6 @@ class _PairBatchNorm(torch.autograd.Function):
             grad_bias.to(ctx.bias_dtype) if needs[2] else None,
             None,
         )
-
-
-def _accumulation_dtype(x: Tensor) -> torch.dtype:
-    """``x``'s dtype, at least float32 (BatchNorm's statistics of bf16 / fp16 inputs)."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 #: Copies :func:`_to_channels` reduces over: more than inductor unrolls into its consumer

@@ -48,6 +48,7 @@ from torch import Tensor
 
 from gcnn.nn.expansion import ConvFields, FreeWeights, mirror_symmetric
 from gcnn.nn.fields import Fields
+from gcnn.nn.precision import accumulation_dtype
 
 #: ``(top, bottom, left, right)`` zero padding.
 Padding4 = tuple[int, int, int, int]
@@ -476,10 +477,10 @@ class _Geometry:
             and self.left == (self.kw // 2) * self.dil
         )
 
-    def basis(self, like: Tensor) -> Tensor:
+    def basis(self, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``(B, 2, R, H, W + left + right)`` for ``[s, d]``, zero in the padding columns."""
         padded = self.width + self.left + self.right
-        u = like.new_empty(self.batch, 2, self.pairs, self.height, padded)
+        u = like.new_empty(self.batch, 2, self.pairs, self.height, padded, dtype=dtype)
         u[..., : self.left].zero_()
         u[..., self.left + self.width :].zero_()
         return u
@@ -534,13 +535,14 @@ class _PairPieces(torch.autograd.Function):
         g = grad.contiguous().view(
             geo.batch, 2, geo.groups, len(geo.blocks), -1, geo.height_out, geo.width_out
         )
+        acc = accumulation_dtype(grad)  # bf16 / fp16 gradients: sums in float32, rounded once
         if geo.centre_is_interior:  # the centre block's adjoint is a copy into the interior
-            gu = geo.basis(grad)
+            gu = geo.basis(grad, acc)
             geo.column(gu, geo.kw // 2).copy_(g[:, :, :, 0])
             first = 1
         else:
             padded = geo.width + geo.left + geo.right
-            gu = grad.new_zeros(geo.batch, 2, geo.pairs, geo.height, padded)
+            gu = grad.new_zeros(geo.batch, 2, geo.pairs, geo.height, padded, dtype=acc)
             first = 0
         for p, (symmetric, c, c2) in enumerate(geo.blocks[first:], start=first):
             left, right = geo.column(gu, c), geo.column(gu, c2)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gcnn.nn.isotypic import IsotypicPlan, _blocks, _PairWeight, add_block_adjoint, write_block
+from gcnn.nn.precision import accumulation_dtype
 
 #: Windowed convs (kernel > 1×1 or padded) whose output has at most this many pixels per image
 #: keep the batch as the innermost (fastest) dimension of ``u``, ``Z`` and ``Y``: the window
@@ -72,12 +73,18 @@ class _Im2colGeometry:
         """``N = B·H'·W'``: the GEMM's column count."""
         return self.batch * self.height_out * self.width_out
 
-    def new(self, like: Tensor, lead: tuple[int, ...], size: tuple[int, int],
-            zeros: bool = False) -> tuple[Tensor, Tensor]:  # fmt: skip
+    def new(
+        self,
+        like: Tensor,
+        lead: tuple[int, ...],
+        size: tuple[int, int],
+        zeros: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """A fresh ``(*lead, B, h, w)`` tensor in this conv's pixel order: ``(storage,
         logical view)``; ``storage`` is contiguous (``(*lead, h, w, B)`` when batch-minor)."""
         pixels = (*size, self.batch) if self.batch_minor else (self.batch, *size)
-        storage = (like.new_zeros if zeros else like.new_empty)((*lead, *pixels))
+        storage = (like.new_zeros if zeros else like.new_empty)((*lead, *pixels), dtype=dtype)
         return storage, self.logical(storage)
 
     def logical(self, storage: Tensor) -> Tensor:
@@ -152,7 +159,9 @@ class _PairIm2col(torch.autograd.Function):
             torch.add(flat[0], flat[1], out=target[0])
             torch.sub(flat[0], flat[1], out=target[1])
             return gx.flatten(1, 2), None
-        _, gu = geo.new(grad, (2, geo.pairs), geo.padded, zeros=True)
+        # bf16 / fp16 gradients: the kh·kw overlapping windows summed in float32, rounded once
+        acc = accumulation_dtype(grad)
+        _, gu = geo.new(grad, (2, geo.pairs), geo.padded, zeros=True, dtype=acc)
         for p, (symmetric, c, c2) in enumerate(geo.blocks):
             for row in range(geo.kh):
                 left, right = geo.window(gu, row, c), geo.window(gu, row, c2)

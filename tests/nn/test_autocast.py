@@ -54,24 +54,31 @@ def _bf16_errors(
         y = KERNELS[kernel](conv, x)
     assert y.dtype == torch.bfloat16  # as F.conv2d's output under autocast
     (y.float() * grad).sum().backward()
-    assert x.grad.dtype == conv.weight.grad.dtype == torch.float32  # fp32 master weights
+    assert x.grad.dtype == x.dtype and conv.weight.grad.dtype == torch.float32  # fp32 weights
     got = (y, x.grad, conv.weight.grad)
     return [_relative_error(t, r) for t, r in zip(got, truth, strict=True)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32_in", "bf16_in"])
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda case: "x".join(map(str, case[:5])))
-def test_s_d_kernels_are_as_accurate_as_the_regular_path_in_bf16(device: str, layer) -> None:
-    """Each s/d kernel under bf16 autocast lands as close to the float64 truth as the regular
-    path does (within 1.5×: its basis change adds one rounding), for the output and both
-    gradients; a kernel on the wrong weight (the control) is far off."""
+def test_s_d_kernels_are_about_as_accurate_as_the_regular_path_in_bf16(
+    device: str, dtype: torch.dtype, layer
+) -> None:
+    """Each s/d kernel under bf16 autocast lands within 2× the regular path's distance from the
+    float64 truth, for the output and both gradients, on float32 inputs (a first layer) and
+    bf16 ones (what a BatchNorm hands on under autocast). It rounds twice more than
+    ``F.conv2d`` (its bf16 input in the s/d basis, its output back to pairs): ≈ √3× on
+    independent roundings; the adjoints' sums of overlapping windows accumulate in float32
+    (summed in bf16, the GEMM kernel's ``∂x`` was 3× off). A kernel on the wrong weight (the
+    control) is far off."""
     c_in, c_out, k, stride, size, channels_last = layer
     torch.manual_seed(0)
     conv = FlipConv2d(c_in, c_out, k, stride=stride, padding=k // 2).to(device)
-    x = torch.randn(4, c_in, size, size, device=device)
+    x = torch.randn(4, c_in, size, size, device=device).to(dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    grad = torch.randn_like(conv(x))
+    grad = torch.randn_like(conv(x.float()))
     exact = FlipConv2d(c_in, c_out, k, stride=stride, padding=k // 2).double().to(device)
     exact.load_state_dict(conv.state_dict())
     x64 = x.double().requires_grad_()
@@ -83,7 +90,7 @@ def test_s_d_kernels_are_as_accurate_as_the_regular_path_in_bf16(device: str, la
     for kernel in ("kh_x_1", "gemm"):
         errors = _bf16_errors(conv, x, grad, truth, kernel)
         for error, reference in zip(errors, regular, strict=True):
-            assert error <= 1.5 * reference + 1e-4, (kernel, errors, regular)
+            assert error <= 2 * reference, (kernel, errors, regular)
     with torch.no_grad():
         conv.weight.add_(1e-1 * torch.randn_like(conv.weight))
     assert _bf16_errors(conv, x, grad, truth, "kh_x_1")[0] > 1e-2  # the control
