@@ -41,10 +41,9 @@ run_stage() {
     echo "== $name: exit $? after $((SECONDS - start))s"
 }
 
-bench() {
-    python3 benchmarks/bench_isotypic.py --device "$DEVICE" --gpu-numerics \
-        --rounds "${ROUNDS:-5}" --warmup 3 "$@"
-}
+# (an array, not a function: `timeout` runs programs only)
+bench=(python3 benchmarks/bench_isotypic.py --device "$DEVICE" --gpu-numerics
+    --rounds "${ROUNDS:-5}" --warmup 3)
 
 {
     echo "commit ${COMMIT:-unknown}; $(date -u +%FT%TZ)"
@@ -52,16 +51,16 @@ bench() {
     python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
     run_stage "CUDA tests" 120 python3 -m pytest -q -p no:cacheprovider tests/nn/test_autocast.py
     run_stage "eager, VGG11 width 1 and ResNet50" 180 \
-        bench --archs vgg11 resnet50 --widths 1 --batch-sizes "${batches[@]}" \
+        "${bench[@]}" --archs vgg11 resnet50 --widths 1 --batch-sizes "${batches[@]}" \
         --modes eager --out "$OUT/isotypic_gpu_eager.json"
     run_stage "eager, VGG11 widths 0.25 and 0.5" 90 \
-        bench --archs vgg11 --widths 0.25 0.5 --batch-sizes "${batches[@]}" \
+        "${bench[@]}" --archs vgg11 --widths 0.25 0.5 --batch-sizes "${batches[@]}" \
         --modes eager --out "$OUT/isotypic_gpu_eager_small.json"
     run_stage "compiled, VGG11 width 1, batch ${batches[0]}" 150 \
-        bench --archs vgg11 --widths 1 --batch-sizes "${batches[0]}" --modes compile \
+        "${bench[@]}" --archs vgg11 --widths 1 --batch-sizes "${batches[0]}" --modes compile \
         --variants plain flip flip_regular --out "$OUT/isotypic_gpu_compile_vgg11.json"
     run_stage "compiled, ResNet50, batch ${batches[0]}" 240 \
-        bench --archs resnet50 --batch-sizes "${batches[0]}" --modes compile \
+        "${bench[@]}" --archs resnet50 --batch-sizes "${batches[0]}" --modes compile \
         --variants plain flip flip_regular --out "$OUT/isotypic_gpu_compile_resnet50.json"
     echo "== done after ${SECONDS}s"
 } 2>&1 | tee "$OUT/gpu_check.log"
