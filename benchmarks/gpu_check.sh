@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check of issue 14, sized for one device call (a 15-minute device budget,
 # machine start included): the bf16 / channels-last tests on CUDA, then bench_isotypic.py's
-# GPU rows, most important first, each stage under its own time limit. Every stage writes
+# GPU rows and a short compiled `gcnn train`, most important first, each stage under its own time limit. Every stage writes
 # into $OUT as it goes (the benchmark rewrites its JSON after each row), so a stage stopped at
 # its limit keeps what it measured, and a failed stage does not stop the next.
 #
@@ -15,8 +15,10 @@
 # bf16 autocast, channels-last), before spending device time on it:
 #
 #     DEVICE=cpu BATCHES=4 ROUNDS=1 BUDGET_S=1500 OUT=/tmp/gpu_dry bash benchmarks/gpu_check.sh
-# Results: $OUT/gpu_check.log, $OUT/isotypic_gpu_*.json; commit
-# them under benchmarks/results/ with the device, versions and command (benchmarks/README.md).
+#
+# Results: $OUT/gpu_check.log, $OUT/isotypic_gpu_*.json and $OUT/train_log.jsonl (a short
+# `gcnn train --compile` of vgg11_flip on the shipped samples); commit them under
+# benchmarks/results/ with the device, versions and command (benchmarks/README.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}
@@ -53,6 +55,16 @@ bench=(python3 benchmarks/bench_isotypic.py --device "$DEVICE" --gpu-numerics
     run_stage "eager, VGG11 width 1 and ResNet50" 180 \
         "${bench[@]}" --archs vgg11 resnet50 --widths 1 --batch-sizes "${batches[@]}" \
         --modes eager --out "$OUT/isotypic_gpu_eager.json"
+    # gcnn train's GPU configuration (bf16 autocast, channels-last, compiled) on the shipped
+    # Fashion-MNIST samples: it trains, checkpoints and evaluates; its log comes back
+    run_stage "gcnn train --compile, vgg11_flip, shipped samples" 120 \
+        python3 -c 'import sys; from gcnn.cli import main; sys.exit(main())' train \
+        --arch vgg11_flip --data fashion-mnist-samples --epochs 3 --batch-size 64 --compile \
+        --device "$DEVICE" --no-progress --overwrite --out "$OUT/train"
+    for log in "$OUT"/train/*/seed0/log.jsonl; do
+        [[ -f $log ]] && mv "$log" "$OUT/train_log.jsonl"
+    done
+    rm -rf "$OUT/train" # checkpoints stay behind: $OUT brings back 8 files at most
     run_stage "eager, VGG11 widths 0.25 and 0.5" 90 \
         "${bench[@]}" --archs vgg11 --widths 0.25 0.5 --batch-sizes "${batches[@]}" \
         --modes eager --out "$OUT/isotypic_gpu_eager_small.json"
