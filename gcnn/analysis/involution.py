@@ -20,7 +20,6 @@ involution it is also the best involution and no matching is solved.
 from __future__ import annotations
 
 import numpy as np
-import rustworkx as rx
 import torch
 from torch import Tensor
 
@@ -89,6 +88,10 @@ def best_involution(score: Tensor) -> Tensor:
     rows, cols, weights = _edge_weights(score)
     if not len(weights):
         return torch.from_numpy(perm).long()
+    # imported here: the rest of gcnn (models, training, the CLI) runs without it, e.g. on a
+    # GPU machine where the package is installed with --no-deps
+    import rustworkx as rx
+
     scale = WEIGHT_RESOLUTION / weights.max()
     graph = rx.PyGraph()
     graph.add_nodes_from(range(n))
