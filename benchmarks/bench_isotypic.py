@@ -199,7 +199,13 @@ def main() -> None:
         "--image-size", type=int, default=None, help="default: 32 (VGG11), 65 (ResNet50)"
     )
     p.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=list(VARIANTS),
+        help="default: all; with --gpu-numerics all but plain_cl (every model is channels-last)",
+    )
     p.add_argument("--steps", type=int, default=1, help="training steps per timed unit")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2, help="steps before timing (compiles)")
@@ -217,11 +223,13 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    if "plain" not in args.variants:
-        p.error("--variants must include plain (the reference of every ratio)")
     device = torch.device(args.device)
     if args.gpu_numerics is None:
         args.gpu_numerics = device.type == "cuda"
+    if args.variants is None:
+        args.variants = [k for k in VARIANTS if not (args.gpu_numerics and k == "plain_cl")]
+    if "plain" not in args.variants:
+        p.error("--variants must include plain (the reference of every ratio)")
     batches = args.batch_sizes or ([512, 2048] if device.type == "cuda" else [32, 128])
     warnings.simplefilter("ignore", gcnn.FlipExactnessWarning)
     allocator = glibc_malloc.pin() if args.malloc == "pinned" else "default"
