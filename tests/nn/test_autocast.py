@@ -26,7 +26,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 #: name → the conv's forward on that kernel (``conv``, ``x``) → output
 KERNELS: dict[str, Callable[[FlipConv2d, Tensor], Tensor]] = {
-    "regular": lambda conv, x: conv(x),
+    "regular": lambda conv, x: conv(x),  # the convs below are built on path="regular"
     "kh_x_1": lambda conv, x: regular_conv2d_eager(x, conv.weight, conv.bias, conv._plan()),
     "gemm": lambda conv, x: regular_conv2d_gemm(x, conv.weight, conv.bias, conv._plan()),
 }
@@ -74,12 +74,13 @@ def test_s_d_kernels_are_about_as_accurate_as_the_regular_path_in_bf16(
     control) is far off."""
     c_in, c_out, k, stride, size, channels_last = layer
     torch.manual_seed(0)
-    conv = FlipConv2d(c_in, c_out, k, stride=stride, padding=k // 2).to(device)
+    geometry = {"stride": stride, "padding": k // 2, "path": "regular"}
+    conv = FlipConv2d(c_in, c_out, k, **geometry).to(device)
     x = torch.randn(4, c_in, size, size, device=device).to(dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     grad = torch.randn_like(conv(x.float()))
-    exact = FlipConv2d(c_in, c_out, k, stride=stride, padding=k // 2).double().to(device)
+    exact = FlipConv2d(c_in, c_out, k, **geometry).double().to(device)
     exact.load_state_dict(conv.state_dict())
     x64 = x.double().requires_grad_()
     y64 = exact(x64)
