@@ -458,7 +458,9 @@ class _Geometry:
         kh, self.kw = plan.kernel_size
         self.dil, self.sw = plan.dilation[1], plan.stride[1]
         self.left, self.right = plan.padding[2], plan.padding[3]
-        span = self.width + self.left + self.right - self.dil * (self.kw - 1) - 1
+        #: width of ``u``: the input's columns between the zero padding
+        self.padded_width = self.width + self.left + self.right
+        span = self.padded_width - self.dil * (self.kw - 1) - 1
         self.width_out = span // self.sw + 1
         # a kh = 1 conv without height padding reads every sh-th row only: take them here
         self.rows = plan.stride[0] if kh == 1 and plan.padding[0] == 0 else 1
@@ -479,8 +481,8 @@ class _Geometry:
 
     def basis(self, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``(B, 2, R, H, W + left + right)`` for ``[s, d]``, zero in the padding columns."""
-        padded = self.width + self.left + self.right
-        u = like.new_empty(self.batch, 2, self.pairs, self.height, padded, dtype=dtype)
+        shape = (self.batch, 2, self.pairs, self.height, self.padded_width)
+        u = like.new_empty(shape, dtype=dtype)
         u[..., : self.left].zero_()
         u[..., self.left + self.width :].zero_()
         return u
@@ -541,8 +543,8 @@ class _PairPieces(torch.autograd.Function):
             geo.column(gu, geo.kw // 2).copy_(g[:, :, :, 0])
             first = 1
         else:
-            padded = geo.width + geo.left + geo.right
-            gu = grad.new_zeros(geo.batch, 2, geo.pairs, geo.height, padded, dtype=acc)
+            shape = (geo.batch, 2, geo.pairs, geo.height, geo.padded_width)
+            gu = grad.new_zeros(shape, dtype=acc)
             first = 0
         for p, (symmetric, c, c2) in enumerate(geo.blocks[first:], start=first):
             left, right = geo.column(gu, c), geo.column(gu, c2)
