@@ -33,6 +33,12 @@ import gcnn
 PAIRS = {"vgg11": ("vgg11", "vgg11_flip", 32), "resnet50": ("resnet50", "resnet50_flip", 65)}
 
 
+def gpu_numerics(device: torch.device, requested: bool | None = None) -> bool:
+    """Whether a run takes the GPU configuration (bf16 autocast, channels-last): ``requested``,
+    or by default on CUDA only."""
+    return device.type == "cuda" if requested is None else requested
+
+
 def make_step(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, compile_: bool, bf16: bool | None = None
 ) -> Callable:
@@ -40,7 +46,7 @@ def make_step(
     forward under bf16 autocast when ``bf16`` (default: on CUDA)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     fwd = torch.compile(model) if compile_ else model
-    autocast = x.device.type == "cuda" if bf16 is None else bf16
+    autocast = gpu_numerics(x.device, bf16)
 
     def step() -> None:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):

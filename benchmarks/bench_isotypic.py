@@ -56,7 +56,7 @@ from gcnn.provenance import code_provenance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glibc_malloc  # noqa: E402
-from bench_flip_vs_plain import make_step, time_steps, write_report  # noqa: E402
+from bench_flip_vs_plain import gpu_numerics, make_step, time_steps, write_report  # noqa: E402
 from recheck_isotypic import ratio_summary  # noqa: E402
 
 #: arch → (plain builder, flip builder, input size, widths it takes)
@@ -87,7 +87,7 @@ def build(
     if path is not None:
         set_conv_path(model, path)
     model = model.to(device)
-    if variant_channels_last or (device.type == "cuda" if channels_last is None else channels_last):
+    if variant_channels_last or gpu_numerics(device, channels_last):
         model = model.to(memory_format=torch.channels_last)
     return model.train()
 
@@ -165,11 +165,10 @@ def cpu_name() -> str:
 
 
 def environment(
-    device: torch.device, allocator: str = "default", gpu_numerics: bool | None = None
+    device: torch.device, allocator: str = "default", bf16_channels_last: bool | None = None
 ) -> dict:
-    """Device, library versions, allocator and numeric settings of the run (``gpu_numerics``:
-    bf16 autocast and channels-last, by default on CUDA)."""
-    gpu_numerics = device.type == "cuda" if gpu_numerics is None else gpu_numerics
+    """Device, library versions, allocator and numeric settings of the run
+    (``bf16_channels_last``: the GPU configuration, by default on CUDA)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "device": name,
@@ -180,7 +179,9 @@ def environment(
         "gcnn": gcnn.__version__,
         "code": code_provenance(),
         "python": platform.python_version(),
-        "numerics": "bf16 autocast, channels_last input and models" if gpu_numerics else "fp32",
+        "numerics": "bf16 autocast, channels_last input and models"
+        if gpu_numerics(device, bf16_channels_last)
+        else "fp32",
         "cpu_allocator": allocator,
     }
 
@@ -224,8 +225,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     device = torch.device(args.device)
-    if args.gpu_numerics is None:
-        args.gpu_numerics = device.type == "cuda"
+    args.gpu_numerics = gpu_numerics(device, args.gpu_numerics)
     if args.variants is None:
         args.variants = [k for k in VARIANTS if not (args.gpu_numerics and k == "plain_cl")]
     if "plain" not in args.variants:
