@@ -26,11 +26,19 @@ def randomised(bn: nn.Module) -> nn.Module:
     return bn
 
 
-def reference_pair_batchnorm(bn: FlipBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """Ground truth: BatchNorm3d on the (B, C/2, 2, H, W) view, with bn's parameters."""
-    ref = nn.BatchNorm3d(bn.num_features, dtype=x.dtype)
+def reference_module(bn: FlipBatchNorm2d, dtype: torch.dtype) -> nn.BatchNorm3d:
+    """A BatchNorm3d with bn's parameters, buffers and mode (the ground truth's module)."""
+    ref = nn.BatchNorm3d(bn.num_features, dtype=dtype)
     ref.load_state_dict(bn.state_dict())
-    ref.train(bn.training)
+    return ref.train(bn.training)
+
+
+def reference_pair_batchnorm(
+    bn: FlipBatchNorm2d, x: torch.Tensor, ref: nn.BatchNorm3d | None = None
+) -> torch.Tensor:
+    """Ground truth: BatchNorm3d on the (B, C/2, 2, H, W) view, with bn's parameters (or
+    ``ref``, a :func:`reference_module` of bn whose gradients and statistics are read after)."""
+    ref = reference_module(bn, x.dtype) if ref is None else ref
     b, c, h, w = x.shape
     return ref(x.view(b, c // 2, 2, h, w)).view(b, c, h, w)
 
@@ -56,11 +64,9 @@ def test_accelerator_layout_branch_matches_batchnorm3d(shape, dtype, train: bool
     b, pairs, h, w = shape
     bn = randomised(FlipBatchNorm2d(2 * pairs, dtype=dtype)).train(train)
     x = torch.randn(b, 2 * pairs, h, w, dtype=dtype)
-    ref = nn.BatchNorm3d(bn.num_features, dtype=dtype)
-    ref.load_state_dict(bn.state_dict())
-    ref.train(train)
+    ref = reference_module(bn, dtype)
     x_ref = x.clone().requires_grad_()
-    expected = ref(x_ref.view(b, pairs, 2, h, w)).view(b, 2 * pairs, h, w)
+    expected = reference_pair_batchnorm(bn, x_ref, ref)
     x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
     with mock.patch.object(batchnorm, "normalises_channels_last_in_place", return_value=True):
         y = bn(x_cl)
